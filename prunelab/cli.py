@@ -1,0 +1,84 @@
+"""``prunelab`` command line: run, list, report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prunelab import results, runner
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"-p {pair!r} is not key=value")
+        out[key] = runner.parse_value(value)
+    return out
+
+
+def cmd_run(args) -> int:
+    names = [runner.find_notebook(n) for n in args.notebooks] or runner.notebooks()
+    overrides = _overrides(args.param)
+    if overrides and len(names) > 1:
+        raise ValueError("-p applies to one notebook; name it (prunelab run NOTEBOOK -p key=value)")
+    for name in names:
+        runner.resolve(name, args.profile, overrides)  # bad parameters fail before anything runs
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name} (profile {args.profile})", flush=True)
+        run, executed = runner.run_notebook(name, args.profile, overrides, force=args.force, progress=not args.quiet)
+        print(f"    {'done' if executed else 'skipped, complete (use --force to rerun)'}: {run.path}", flush=True)
+    return 0
+
+
+def cmd_list(args) -> int:
+    for name in runner.notebooks():
+        params = runner.resolve(name, args.profile)
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "profile")
+        print(f"{name}  [{args.profile}]\n    {shown}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    root = Path(args.runs) if args.runs else results.runs_root()
+    text = runner.report(root)
+    out = Path(args.output) if args.output else root / "REPORT.md"
+    results.write_text(out, text)
+    print(text)
+    print(f"\nwritten to {out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunelab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks with papermill into run folders")
+    run.add_argument("notebooks", nargs="*", help="notebook names (default: all), e.g. 00_tour or 00")
+    run.add_argument("--profile", default="default", help=f"one of {', '.join(runner.PROFILES)}")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    run.add_argument("--force", action="store_true", help="rerun even if the run folder is complete")
+    run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="show the notebooks and their parameters")
+    lst.add_argument("--profile", default="default")
+    lst.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="collect every claim and figure into one Markdown page")
+    rep.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
+    rep.add_argument("--output", help="where to write the page (default: <runs>/REPORT.md)")
+    rep.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"prunelab: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Saliency criteria: name -> function returning `Scores` (higher is kept).
+
+Every criterion is called as ``fn(model, names=None, **context)`` where ``names`` picks the
+scored parameters (default: `prunable`) and ``context`` holds what the criterion needs
+(batches, a loss function, a generator).  Scores live on the parameters' device.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prunelab.criteria.unstructured import magnitude, prunable, random_scores
+
+Criterion = Callable[..., dict]
+
+CRITERIA: dict[str, Criterion] = {
+    "magnitude": magnitude,
+    "random": random_scores,
+}
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion registered as ``name``; a clear error lists the ones offered."""
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise KeyError(f"unknown criterion {name!r}; choose one of {', '.join(sorted(CRITERIA))}") from None
+
+
+__all__ = ["CRITERIA", "Criterion", "get_criterion", "magnitude", "prunable", "random_scores"]

@@ -1,0 +1,248 @@
+"""Scores -> masks: the See et al. (2016) pruning schemes and masked training.
+
+`Scores` and `Masks` are ``dict[str, Tensor]`` keyed by ``named_parameters()`` names.
+A mask is a ``bool`` tensor on its parameter's device: ``True`` keeps a weight.
+Higher scores are kept; the lowest-scored weights are pruned.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+Scores = dict[str, Tensor]
+Masks = dict[str, Tensor]
+Classes = dict[str, list[str]]
+
+SCHEMES = ("class-blind", "class-uniform", "class-distribution", "random")
+
+
+def check_sparsity(sparsity: float, *, allow_one: bool = False) -> float:
+    """Return ``sparsity`` as a float after checking it lies in [0, 1) (or [0, 1])."""
+    ok = isinstance(sparsity, (int, float)) and 0.0 <= sparsity <= 1.0
+    if not ok or (sparsity == 1.0 and not allow_one):
+        allowed = "[0, 1]" if allow_one else "[0, 1) (1.0 would prune every weight)"
+        raise ValueError(f"sparsity={sparsity!r} is outside {allowed}; sparsity is the fraction removed")
+    return float(sparsity)
+
+
+def n_to_prune(n: int, sparsity: float) -> int:
+    """Number of weights to remove from ``n`` at ``sparsity``: the one rounding rule.
+
+    Rounds half up (``floor(n * s + 1/2)``), computed in exact decimal arithmetic on the
+    float's shortest repr so that e.g. ``n_to_prune(10, 0.3) == 3`` and ``(5, 0.5) == 3``.
+
+    >>> n_to_prune(10, 0.25)
+    3
+    """
+    check_sparsity(sparsity, allow_one=True)
+    if n < 0:
+        raise ValueError(f"n={n} must be >= 0")
+    from fractions import Fraction
+
+    exact = Fraction(repr(float(sparsity))) * n
+    return min(n, math.floor(exact + Fraction(1, 2)))
+
+
+def default_classes(scores: Mapping[str, Tensor]) -> Classes:
+    """One class per parameter tensor."""
+    return {name: [name] for name in scores}
+
+
+def check_classes(classes: Mapping[str, Iterable[str]], scores: Mapping[str, Tensor]) -> Classes:
+    """Validate that every class names scored parameters and no parameter is in two classes."""
+    seen: dict[str, str] = {}
+    out: Classes = {}
+    for cls, names in classes.items():
+        names = list(names)
+        if not names:
+            raise ValueError(f"class {cls!r} is empty")
+        for name in names:
+            if name not in scores:
+                allowed = ", ".join(sorted(scores)[:8]) + (" ..." if len(scores) > 8 else "")
+                raise KeyError(f"class {cls!r} names parameter {name!r}, which has no score; scored: {allowed}")
+            if name in seen:
+                raise ValueError(f"parameter {name!r} is in classes {seen[name]!r} and {cls!r}")
+            seen[name] = cls
+        out[cls] = names
+    return out
+
+
+def _prune_lowest(flat: Tensor, k: int) -> Tensor:
+    """Bool mask over ``flat`` that is False on the ``k`` lowest entries, ties broken by index."""
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if k == 0:
+        return keep
+    if k >= flat.numel():
+        return ~keep
+    threshold = flat.kthvalue(k).values
+    below = flat < threshold
+    ties = flat == threshold
+    # Stable tie-break: of the weights equal to the threshold, the lowest indices go first.
+    need = k - below.sum()
+    take = ties & (ties.cumsum(0) <= need)
+    return ~(below | take)
+
+
+def _class_masks(scores: Scores, names: list[str], k: int, previous: Masks | None) -> Masks:
+    flats = []
+    for name in names:
+        s = scores[name].detach().flatten().float()
+        if previous is not None and name in previous:
+            # Already-pruned weights are pruned first, so the mask only ever shrinks.
+            s = s.masked_fill(~previous[name].flatten(), float("-inf"))
+        flats.append(s)
+    flat = torch.cat(flats)
+    if torch.isnan(flat).any():
+        raise ValueError(f"scores of {names} contain NaN")
+    already = int((flat == float("-inf")).sum()) if previous is not None else 0
+    keep = _prune_lowest(flat, max(k, already))
+    out, start = {}, 0
+    for name in names:
+        n = scores[name].numel()
+        out[name] = keep[start:start + n].view_as(scores[name])
+        start += n
+    return out
+
+
+def _distribution_scores(scores: Scores, classes: Classes) -> Scores:
+    """Scores divided by their class's sigma: pruning below lambda*sigma_c becomes one threshold.
+
+    See et al. prune weights with magnitude below lambda * sigma_c, sigma_c the standard
+    deviation of class c.  For magnitude scores of zero-mean weights sigma_c equals the root
+    mean square of the scores, which is what is used here for any criterion.
+    """
+    out = {}
+    for names in classes.values():
+        sq = sum(scores[n].detach().double().pow(2).sum() for n in names)
+        count = sum(scores[n].numel() for n in names)
+        sigma = (sq / count).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+        for n in names:
+            out[n] = scores[n].detach().double() / sigma
+    return out
+
+
+def masks_from_scores(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    scheme: str = "class-blind",
+    classes: Mapping[str, Iterable[str]] | None = None,
+    previous: Masks | None = None,
+    generator: torch.Generator | None = None,
+) -> Masks:
+    """Masks that prune the lowest-scored fraction ``sparsity`` of the classed weights.
+
+    Args:
+        scores: name -> score tensor (higher is kept), on any device.
+        sparsity: fraction of the classed weights to remove, in [0, 1).
+        scheme: ``class-blind`` (one threshold over all classes), ``class-uniform`` (the same
+            fraction in every class), ``class-distribution`` (prune below lambda*sigma_c with
+            lambda set so the total hits ``sparsity``) or ``random`` (uniform over all weights;
+            ``scores`` only give the shapes).
+        classes: class name -> parameter names; default one class per scored tensor.
+        previous: masks of an earlier round; weights pruned there stay pruned and count
+            towards ``sparsity`` (iterative pruning only removes).
+        generator: RNG for ``random`` (on the scores' device).
+
+    Returns:
+        Masks for every parameter named in ``classes``; exactly ``n_to_prune(N, sparsity)``
+        of the N classed weights are False (per class for class-uniform), unless ``previous``
+        had already pruned more.
+
+    Raises:
+        ValueError: sparsity outside [0, 1), an unknown scheme, NaN scores.
+        KeyError: a class names a parameter without a score.
+
+    >>> w = {"w": torch.tensor([0.3, -0.1, 0.2, 0.0])}
+    >>> masks_from_scores({"w": w["w"].abs()}, 0.5)["w"].tolist()
+    [True, False, True, False]
+    """
+    check_sparsity(sparsity)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    scores = dict(scores)
+    classes = check_classes(classes or default_classes(scores), scores)
+    if previous is not None:
+        check_masks(previous, {n: s.shape for n, s in scores.items()}, partial=True)
+    if scheme == "random":
+        scores = {
+            n: torch.rand(s.shape, generator=generator, device=s.device) for n, s in scores.items()
+        }
+    if scheme == "class-distribution":
+        scores = _distribution_scores(scores, classes)
+    if scheme == "class-uniform":
+        masks: Masks = {}
+        for names in classes.values():
+            n = sum(scores[name].numel() for name in names)
+            masks.update(_class_masks(scores, names, n_to_prune(n, sparsity), previous))
+        return masks
+    names = [name for group in classes.values() for name in group]
+    n = sum(scores[name].numel() for name in names)
+    return _class_masks(scores, names, n_to_prune(n, sparsity), previous)
+
+
+def check_masks(masks: Mapping[str, Tensor], shapes: Mapping[str, torch.Size], partial: bool = True) -> None:
+    """Raise if a mask names an unknown parameter, has the wrong shape or is not bool."""
+    for name, mask in masks.items():
+        if name not in shapes:
+            known = ", ".join(list(shapes)[:8]) + (" ..." if len(shapes) > 8 else "")
+            raise KeyError(f"mask for {name!r} matches no parameter; parameters: {known}")
+        if tuple(mask.shape) != tuple(shapes[name]):
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(shapes[name])}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask for {name!r} has dtype {mask.dtype}; masks are torch.bool")
+    if not partial:
+        missing = set(shapes) - set(masks)
+        if missing:
+            raise KeyError(f"no mask for {sorted(missing)}")
+
+
+def bind_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Check ``masks`` against ``model`` once and pair each parameter with its mask.
+
+    Masks are moved to their parameter's device.
+    """
+    params = dict(model.named_parameters())
+    check_masks(masks, {n: p.shape for n, p in params.items()})
+    return [(params[n], m.to(params[n].device)) for n, m in masks.items()]
+
+
+@torch.no_grad()
+def apply_masks_(model: nn.Module | list[tuple[Tensor, Tensor]], masks: Mapping[str, Tensor] | None = None) -> None:
+    """Zero the pruned weights in place (``model`` may be the output of `bind_masks`).
+
+    In-place multiplication keeps LSTM flat-weight views valid and adds no forward hooks.
+    """
+    pairs = model if masks is None else bind_masks(model, masks)
+    for param, mask in pairs:
+        param.mul_(mask)
+
+
+def masked_step_(optimizer: torch.optim.Optimizer, pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """One optimizer step, then re-apply the masks so pruned weights stay exactly zero."""
+    optimizer.step()
+    apply_masks_(pairs)
+
+
+def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor], classes: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+    """One row per masked parameter: class, parameter, numel, nonzero, sparsity.
+
+    ``nonzero`` counts the parameter's actual nonzero values, so it shows whether the masks
+    really hold. A final row ``class="total"`` sums the table.
+    """
+    params = dict(model.named_parameters())
+    check_masks(masks, {n: p.shape for n, p in params.items()})
+    owner = {n: c for c, names in (classes or {}).items() for n in names}
+    rows = []
+    for name in masks:
+        p = params[name]
+        nonzero = int(torch.count_nonzero(p.detach()))
+        rows.append(dict(cls=owner.get(name, name), parameter=name, numel=p.numel(), nonzero=nonzero))
+    df = pd.DataFrame(rows, columns=["cls", "parameter", "numel", "nonzero"]).rename(columns={"cls": "class"})
+    total = pd.DataFrame([dict(**{"class": "total", "parameter": ""}, numel=df.numel.sum(), nonzero=df.nonzero.sum())])
+    df = pd.concat([df, total], ignore_index=True)
+    df["sparsity"] = 1.0 - df.nonzero / df.numel
+    return df

@@ -1,0 +1,217 @@
+"""Run folders, atomic tables and figures, cached checkpoints and the claims ledger.
+
+A run folder is ``<runs root>/<notebook>/<hash of the parameters>/`` and holds
+``params.json``, ``env.json``, ``tables/*.csv``, ``figures/*.{png,pdf}``, ``claims.csv``,
+the executed notebook and, once the notebook finished, ``complete.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+CLAIM_COLUMNS = ["notebook", "params_hash", "profile", "id", "statement", "metric", "value", "verdict", "detail"]
+
+
+def project_root() -> Path:
+    """The checkout holding ``notebooks/`` (the parent of the package), else the working directory."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "notebooks").is_dir() else Path.cwd()
+
+
+def runs_root() -> Path:
+    """Where run folders live: ``$PRUNELAB_RUNS`` or ``<project>/runs``."""
+    return Path(os.environ.get("PRUNELAB_RUNS") or project_root() / "runs")
+
+
+def params_hash(notebook: str, params: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the notebook name and its sorted, JSON-encoded parameters."""
+    text = json.dumps({"notebook": notebook, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The checkout's HEAD commit, suffixed ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    root = root or project_root()
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and commit, recorded with every run."""
+    import sys
+
+    import torch
+    import torchvision
+
+    from prunelab import __version__
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "prunelab": __version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "cuda": torch.version.cuda if cuda else None,
+        "git_commit": git_commit(),
+    }
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder of one notebook at one parameter set."""
+
+    path: Path
+    notebook: str
+    params: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / "complete.json").exists()
+
+    def save_table(self, name: str, df: pd.DataFrame) -> Path:
+        """Write ``tables/<name>.csv`` atomically (tidy: one row per measurement)."""
+        path = self.path / "tables" / f"{name}.csv"
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+        return path
+
+    def load_table(self, name: str) -> pd.DataFrame:
+        return pd.read_csv(self.path / "tables" / f"{name}.csv")
+
+    def save_figure(self, fig, name: str) -> list[Path]:
+        """Write ``figures/<name>.png`` and ``.pdf`` with fixed metadata, so a rerun gives the same bytes."""
+        title = f"prunelab {self.notebook} {self.hash} {name}"
+        meta = {
+            ".png": {"Software": None, "Title": title},
+            ".pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None, "Title": title},
+        }
+        paths = []
+        for ext, metadata in meta.items():
+            path = self.path / "figures" / f"{name}{ext}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=ext[1:], metadata=metadata, dpi=120, bbox_inches="tight")
+            paths.append(path)
+        return paths
+
+    def record_claim(self, id: str, statement: str, metric: str, value: Any, verdict: str, detail: str = "") -> pd.DataFrame:
+        """Add (or replace) claim ``id`` in this run's ledger ``claims.csv`` and return the ledger."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        path = self.path / "claims.csv"
+        ledger = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame(columns=CLAIM_COLUMNS)
+        ledger = ledger[ledger["id"] != id]
+        row = dict(notebook=self.notebook, params_hash=self.hash, profile=self.params.get("profile", ""), id=id,
+                   statement=statement, metric=metric, value=value, verdict=verdict, detail=detail)
+        ledger = pd.concat([ledger, pd.DataFrame([row]).astype(str)], ignore_index=True)
+        with atomic_path(path) as tmp:
+            ledger.to_csv(tmp, index=False)
+        return ledger
+
+    def memo(self, name: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """Return ``compute()``, cached as JSON under ``cache/`` by ``key``.
+
+        A notebook interrupted half-way through its grid resumes from the points it finished.
+        """
+        path = self.path / "cache" / f"{name}-{params_hash(name, key)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        value = compute()
+        write_json(path, value)
+        return value
+
+    def finish(self) -> None:
+        """Mark the run complete (the runner skips complete runs unless forced)."""
+        write_json(self.path / "complete.json", {"notebook": self.notebook, "hash": self.hash})
+
+
+def open_run(notebook: str, params: dict[str, Any], run_dir: str | Path | None = None) -> Run:
+    """Create (or reopen) the run folder of ``notebook`` at ``params`` and record params and env."""
+    path = Path(run_dir) if run_dir else runs_root() / notebook / params_hash(notebook, params)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / "params.json", {"notebook": notebook, **params})
+    write_json(path / "env.json", environment())
+    return Run(path=path, notebook=notebook, params=dict(params))
+
+
+def verdict(holds: bool | None) -> str:
+    """``reproduced`` if a claim's test holds, ``not reproduced`` if not, ``inconclusive`` for None."""
+    return "inconclusive" if holds is None else ("reproduced" if holds else "not reproduced")
+
+
+def checkpoint_path(kind: str, params: dict[str, Any]) -> Path:
+    """Where the checkpoint of model ``kind`` trained with ``params`` is cached (shared by notebooks)."""
+    return runs_root() / "checkpoints" / f"{kind}-{params_hash(kind, params)}.pt"
+
+
+def cached_checkpoint(kind: str, params: dict[str, Any], train: Callable[[], dict]) -> dict:
+    """Load the cached checkpoint of ``kind`` at ``params``, or call ``train()`` and cache its result.
+
+    ``train`` returns a dict of tensors/plain values (e.g. ``{"state_dict": ..., "history": ...}``).
+    """
+    import torch
+
+    path = checkpoint_path(kind, params)
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    obj = train()
+    with atomic_path(path) as tmp:
+        torch.save({**obj, "params": params}, tmp)
+    return obj
+
+
+def collect_claims(root: Path | None = None) -> pd.DataFrame:
+    """Every claim of every complete run under ``root``."""
+    root = root or runs_root()
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in sorted(root.glob("*/*/claims.csv"))
+              if (p.parent / "complete.json").exists()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CLAIM_COLUMNS)

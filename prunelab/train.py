@@ -1,0 +1,67 @@
+"""Seeding, devices and a plain masked training loop for classifiers."""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from prunelab.masks import apply_masks_, bind_masks, masked_step_
+
+
+def seed_all(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded the same (for data order).
+
+    Call before building models and masks so that both are reproducible.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; other values go to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Iterable[tuple[Tensor, Tensor]]:
+    """Mini-batches of (x, y); shuffled with ``generator`` when one is given."""
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator).to(x.device) if generator is not None else torch.arange(n, device=x.device)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+def train_classifier_(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, batch_size: int = 64,
+                      masks: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None,
+                      weight_decay: float = 0.0, progress: bool = False) -> list[dict]:
+    """Train with Adam and cross-entropy; with ``masks``, pruned weights stay exactly zero.
+
+    Returns one dict per epoch: epoch, loss (mean over batches), seconds.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    pairs = bind_masks(model, masks) if masks else []
+    apply_masks_(pairs)
+    loss_fn = nn.CrossEntropyLoss()
+    history = []
+    for epoch in tqdm(range(epochs), desc="epochs", disable=not progress, leave=False):
+        model.train()
+        start, total, count = time.perf_counter(), torch.zeros((), device=x.device), 0
+        for xb, yb in batches(x, y, batch_size, generator):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            masked_step_(opt, pairs)
+            total += loss.detach()
+            count += 1
+        history.append(dict(epoch=epoch + 1, loss=float(total) / count, seconds=time.perf_counter() - start))
+    model.eval()
+    return history

@@ -2,7 +2,8 @@
 
 Each notebook ``notebooks/NN_topic.ipynb`` has ``notebooks/profiles/NN_topic.toml`` with a
 ``[common]`` table and one table per profile (``smoke``, ``default``, ``paper``); a profile's
-parameters are ``common`` updated by its own table.
+parameters are ``common`` updated by its own table.  A top-level ``base = "_name"`` first
+takes the parameters of ``profiles/_name.toml`` (shared by the notebooks of one study).
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def profile_params(notebook: str, profile: str) -> dict[str, Any]:
     check_profile(profile)
     path = notebooks_dir() / "profiles" / f"{notebook}.toml"
     table = tomllib.loads(path.read_text())
-    return {**table.get("common", {}), **table.get(profile, {})}
+    # `base = "_nmt"` shares one study's parameters (its cached baseline) among notebooks.
+    base = profile_params(table["base"], profile) if "base" in table else {}
+    return {**base, **table.get("common", {}), **table.get(profile, {})}
 
 
 def parse_value(text: str) -> Any:

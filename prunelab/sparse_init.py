@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunelab.criteria.second_order import LossFn, Saliency, obd_saliency, snip_saliency
+from prunelab.criteria.second_order import LossFn, Saliency, obd_saliency, snip_saliency, to_device
 from prunelab.masks import Masks, apply_masks_, bind_masks, check_sparsity, masked_step_, masks_from_scores
 
 
@@ -130,7 +130,7 @@ def train_masked_(model: nn.Module, masks: Mapping[str, Tensor], *, loss_fn: Los
     device = next(model.parameters()).device
     losses = []
     for batch in batches:
-        batch = torch.utils._pytree.tree_map(lambda x: x.to(device) if isinstance(x, Tensor) else x, batch)
+        batch = to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, batch)
         loss.backward()

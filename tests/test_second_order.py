@@ -1,4 +1,6 @@
 """Correctness of the OBD Hessian estimators, SNIP and the prune-at-init workflow."""
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
@@ -168,6 +170,26 @@ def test_fisher_on_an_lstm_vmap_and_loop_agree():
     for n in loop:
         torch.testing.assert_close(auto[n], loop[n], rtol=1e-4, atol=1e-7)
     assert model.training  # the scoring mode was undone
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    name: str = "batch"
+
+
+def test_dataclass_batches_are_split_into_examples():
+    torch.manual_seed(0)
+    model = TinyLSTM()
+    g = torch.Generator().manual_seed(1)
+    tokens, labels = torch.randint(0, 7, (5, 4), generator=g), torch.randint(0, 2, (5,), generator=g)
+    loss = lambda m, b: ce_loss(m, (b.tokens, b.labels))  # noqa: E731
+    assert count_examples(TokenBatch(tokens, labels)) == 5
+    ours, info = hessian_diagonal(model, ["out.weight"], loss_fn=loss, batches=[TokenBatch(tokens, labels)])
+    ref = per_example_fisher(model, ["out.weight"], tokens, labels)
+    assert info["examples"] == 5
+    torch.testing.assert_close(ours["out.weight"], ref["out.weight"], rtol=1e-4, atol=1e-7)
 
 
 def test_snip_equals_abs_grad_times_weight_by_hand():

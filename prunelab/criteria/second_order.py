@@ -1,8 +1,8 @@
 """Data-driven saliencies: Optimal Brain Damage (LeCun et al. 1989) and SNIP (Lee et al. 2019).
 
 Both are model-agnostic: the model's loss is a closure ``loss_fn(model, batch) -> scalar``
-(the mean loss of the batch) and ``batches`` is any iterable of batches, each a tensor or a
-tuple/list/dict of tensors (plus non-tensor leaves, passed through).  Batches are moved to
+(the mean loss of the batch) and ``batches`` is any iterable of batches, each a tensor, a
+tuple/list/dict of tensors or a dataclass of tensors (non-tensor leaves pass through).  Batches are moved to
 the scored parameters' device; the model is put in eval mode (restored afterwards) so that
 dropout does not make the estimates noisy, and cuDNN is disabled because its RNN kernels
 refuse backward in eval mode and have no double backward.
@@ -22,6 +22,7 @@ Each ``*_saliency`` function returns a `Saliency` (scores plus how much data mad
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -74,10 +75,20 @@ class Saliency:
 # ----------------------------------------------------------------------------- batches
 
 
-def _leaf_dims(batch: Any, example_dim: int) -> tuple[list, Any, list]:
+def _flatten(batch: Any) -> tuple[list, Callable[[list], Any]]:
+    """Leaves of ``batch`` and a function rebuilding it; a dataclass batch is rebuilt from its fields."""
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        names = [f.name for f in dataclasses.fields(batch) if f.init]
+        leaves, spec = pytree.tree_flatten([getattr(batch, n) for n in names])
+        return leaves, lambda new: type(batch)(**dict(zip(names, pytree.tree_unflatten(new, spec))))
     leaves, spec = pytree.tree_flatten(batch)
+    return leaves, lambda new: pytree.tree_unflatten(new, spec)
+
+
+def _leaf_dims(batch: Any, example_dim: int) -> tuple[list, Callable[[list], Any], list]:
+    leaves, rebuild = _flatten(batch)
     dims = [example_dim if isinstance(x, Tensor) and x.ndim > example_dim else None for x in leaves]
-    return leaves, spec, dims
+    return leaves, rebuild, dims
 
 
 def count_examples(batch: Any, example_dim: int = 0) -> int:
@@ -93,8 +104,10 @@ def count_examples(batch: Any, example_dim: int = 0) -> int:
     raise ValueError(f"batch has no tensor with an example dimension {example_dim}: {type(batch).__name__}")
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    return pytree.tree_map(lambda x: x.to(device) if isinstance(x, Tensor) else x, batch)
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """``batch`` with every tensor moved to ``device`` (tensors, containers, dataclasses)."""
+    leaves, rebuild = _flatten(batch)
+    return rebuild([x.to(device) if isinstance(x, Tensor) else x for x in leaves])
 
 
 def _take_batches(batches: Iterable[Any], max_batches: int | None, device: torch.device) -> Iterable[Any]:
@@ -103,7 +116,7 @@ def _take_batches(batches: Iterable[Any], max_batches: int | None, device: torch
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             return
-        yield _to_device(batch, device)
+        yield to_device(batch, device)
 
 
 @contextmanager
@@ -159,13 +172,13 @@ def _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size):
     from torch.func import functional_call, grad, vmap
 
     wrapper = _LossModule(model, loss_fn)
-    leaves, spec, dims = _leaf_dims(batch, example_dim)
+    leaves, rebuild, dims = _leaf_dims(batch, example_dim)
     detached = {f"model.{n}": p.detach() for n, p in params.items()}
 
     def loss_one(p, *example_leaves):
         # vmap removed the example dimension; put it back so loss_fn sees a batch of one.
         example = [x.unsqueeze(d) if d is not None else x for x, d in zip(example_leaves, dims)]
-        return functional_call(wrapper, p, (pytree.tree_unflatten(example, spec),))
+        return functional_call(wrapper, p, (rebuild(example),))
 
     with warnings.catch_warnings():  # LSTMs run under vmap through a slower fallback; the result is exact
         warnings.filterwarnings("ignore", message="There is a performance drop")
@@ -174,11 +187,11 @@ def _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size):
 
 
 def _sq_grads_loop(model, params, loss_fn, batch, example_dim):
-    leaves, spec, dims = _leaf_dims(batch, example_dim)
+    leaves, rebuild, dims = _leaf_dims(batch, example_dim)
     total = None
     for i in range(count_examples(batch, example_dim)):
         example = [x.narrow(d, i, 1) if d is not None else x for x, d in zip(leaves, dims)]
-        grads = torch.autograd.grad(loss_fn(model, pytree.tree_unflatten(example, spec)), list(params.values()))
+        grads = torch.autograd.grad(loss_fn(model, rebuild(example)), list(params.values()))
         total = _accumulate(total, {n: g.pow(2) for n, g in zip(params, grads)})
     return total
 
@@ -391,7 +404,7 @@ def hutchinson_cost(model: nn.Module, names: Iterable[str] | None = None, *, los
     check_probes(probes)
     params = _params(model, names)
     device = next(iter(params.values())).device
-    batch = _to_device(batch, device)
+    batch = to_device(batch, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def best(fn) -> float:

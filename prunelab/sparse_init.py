@@ -1,13 +1,13 @@
-"""Pruning at initialisation (SNIP, Lee et al. 2019): init schemes, one-shot masks, fixed-mask training.
+"""Pruning at initialisation (SNIP, Lee et al. 2019): one-shot masks, then fixed-mask training.
 
-The workflow: `init_` the model with a named scheme, `prune_at_init_` scores it on a few
-batches (SNIP by default) and zeroes the lowest-scored weights, then the sparse model is
-trained with the mask held fixed (`train_masked_`, or any trainer that calls
-`masks.masked_step_`).
+The workflow: initialise the model (e.g. `prunelab.models.seq2seq.init_weights_` with a named
+scheme), `prune_at_init_` scores it on a few batches (SNIP by default) and zeroes the
+lowest-scored weights, then the sparse model is trained with the mask held fixed
+(`train_masked_`, or any trainer that calls `masks.masked_step_`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -15,63 +15,6 @@ from torch import Tensor, nn
 
 from prunelab.criteria.second_order import LossFn, Saliency, obd_saliency, snip_saliency, to_device
 from prunelab.masks import Masks, apply_masks_, bind_masks, check_sparsity, masked_step_, masks_from_scores
-
-
-def _uniform(p: Tensor, g: torch.Generator | None) -> None:
-    nn.init.uniform_(p, -0.1, 0.1, generator=g)
-
-
-def _matrix_init(fn: Callable[..., Tensor]) -> Callable[[Tensor, torch.Generator | None], None]:
-    def init(p: Tensor, g: torch.Generator | None) -> None:
-        if p.ndim >= 2:
-            fn(p, generator=g)
-        else:  # biases: variance scaling is defined for matrices only
-            nn.init.zeros_(p)
-    return init
-
-
-# Kaiming inits use torch's defaults (fan_in, gain sqrt(2)); xavier uses gain 1.  The fans of an
-# LSTM matrix are those of its stacked gates, (4*hidden, input), as torch computes them.
-INITS: dict[str, Callable[[Tensor, torch.Generator | None], None]] = {
-    "uniform": _uniform,  # U(-0.1, 0.1) on every parameter, biases included (Luong et al.; See et al.)
-    "kaiming-uniform": _matrix_init(nn.init.kaiming_uniform_),
-    "kaiming-normal": _matrix_init(nn.init.kaiming_normal_),
-    "xavier-uniform": _matrix_init(nn.init.xavier_uniform_),
-    "xavier-normal": _matrix_init(nn.init.xavier_normal_),
-}
-
-
-def check_init(scheme: str) -> str:
-    if scheme not in INITS:
-        raise ValueError(f"unknown initialisation {scheme!r}; choose one of {', '.join(INITS)}")
-    return scheme
-
-
-@torch.no_grad()
-def init_(model: nn.Module, scheme: str = "uniform", names: Iterable[str] | None = None,
-          generator: torch.Generator | None = None) -> nn.Module:
-    """Re-initialise ``model``'s parameters (default: all) in place with the named scheme.
-
-    Args:
-        model: any module.
-        scheme: one of `INITS`: ``uniform`` (U(-0.1, 0.1), all parameters), ``kaiming-uniform``,
-            ``kaiming-normal``, ``xavier-uniform``, ``xavier-normal`` (matrices; biases zero).
-        names: parameters to initialise (default: every parameter).
-        generator: RNG on the parameters' device, for reproducible draws.
-
-    Returns:
-        ``model`` (for chaining).
-
-    >>> init_(nn.Linear(4, 2), "xavier-normal").bias.tolist()
-    [0.0, 0.0]
-    """
-    fn = INITS[check_init(scheme)]
-    params = dict(model.named_parameters())
-    for name in params if names is None else names:
-        if name not in params:
-            raise KeyError(f"no parameter named {name!r}; the model has {', '.join(list(params)[:8])} ...")
-        fn(params[name], generator)
-    return model
 
 
 def prune_at_init_(model: nn.Module, sparsity: float, *, loss_fn: LossFn, batches: Iterable[Any],

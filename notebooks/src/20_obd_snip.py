@@ -27,6 +27,37 @@
 
 # %%
 profile = ""              # smoke | default | paper; "" reads $PRUNELAB_PROFILE, else default
+# The NMT study's parameters (profiles/_nmt.toml; they decide the cached baseline):
+direction = None
+folder = None
+data_root = None
+lowercase = None
+min_freq = None
+max_vocab = None
+max_len = None
+train_size = None
+eval_size = None
+layers = None
+emb_size = None
+hidden = None
+dropout = None
+input_feed = None
+init = None
+optimizer = None
+lr = None
+batch_size = None
+max_epochs = None
+patience = None
+lr_decay = None
+clip = None
+seed = None
+max_steps = None
+amp = None
+beam = None
+alpha = None
+device = None
+threads = None
+# This notebook's own:
 methods = None            # subset of magnitude, random, obd, snip
 sparsities = None         # fractions of the classed weights removed
 obd_estimator = None      # fisher | hutchinson | exact (exact: tiny models only)
@@ -41,6 +72,8 @@ retrain_sparsities = None
 retrain_epochs = None
 retrain_lr_factor = None  # retraining learning rate = lr * retrain_lr_factor
 class_sparsities = None   # sparsities of the per-class table
+eval_beam = None          # beam width of every BLEU in this notebook (1 = greedy), dense included
+claims_min_bleu = None    # below this dense BLEU the BLEU-based claims are inconclusive
 run_dir = ""              # set by `prunelab run`; "" derives the run folder from the parameters
 
 # %%
@@ -52,15 +85,16 @@ from tqdm.auto import tqdm
 
 from prunelab import masks as M
 from prunelab import nmt, obd_snip, results, runner
-from prunelab.sparse_init import prune_at_init_
 from prunelab.results import verdict
+from prunelab.sparse_init import prune_at_init_
 
-P, run = runner.start("20_obd_snip", profile=profile, run_dir=run_dir, methods=methods, sparsities=sparsities,
-                      obd_estimator=obd_estimator, obd_probes=obd_probes, saliency_batches=saliency_batches,
-                      saliency_batch_size=saliency_batch_size, snip_init=snip_init, snip_epochs=snip_epochs,
-                      snip_max_steps=snip_max_steps,
-                      retrain_top=retrain_top, retrain_sparsities=retrain_sparsities, retrain_epochs=retrain_epochs,
-                      retrain_lr_factor=retrain_lr_factor, class_sparsities=class_sparsities)
+OWN = ("eval_beam", "claims_min_bleu", "methods", "sparsities", "obd_estimator", "obd_probes",
+       "saliency_batches", "saliency_batch_size", "snip_init", "snip_epochs", "snip_max_steps", "retrain_top",
+       "retrain_sparsities", "retrain_epochs", "retrain_lr_factor", "class_sparsities")
+P, run = runner.start("20_obd_snip", profile=profile, run_dir=run_dir,
+                      **{name: globals()[name] for name in (*nmt.PARAMS, *OWN)})
+if P.threads:
+    torch.set_num_threads(P.threads)
 METHODS = obd_snip.check_methods(P.methods)
 print(f"profile {P.profile}; run folder {run.path}")
 
@@ -72,7 +106,7 @@ print(f"profile {P.profile}; run folder {run.path}")
 base = nmt.baseline(P)
 corpus = base.corpus
 classes = nmt.weight_classes(base.model)
-dense = run.memo("dense", {}, lambda: obd_snip.evaluate(base.model, corpus, P.beam, P.alpha))
+dense = run.memo("dense", {}, lambda: obd_snip.evaluate(base.model, corpus, P.eval_beam, P.alpha))
 n_classed = sum(p.numel() for n, p in base.model.named_parameters() if n in obd_snip.class_names(classes))
 print(f"dense baseline: test BLEU {dense['bleu']:.2f}, test perplexity {dense['ppl']:.2f}; {n_classed} classed weights")
 
@@ -137,7 +171,7 @@ def point(method, sparsity, retrain):
         nmt.train_(model, corpus, cfg, masks=masks, progress=False)
     achieved = float(M.sparsity_report(model, masks).sparsity.iloc[-1])
     return dict(method=method, sparsity=sparsity, retrained=retrain, achieved=achieved,
-                **obd_snip.evaluate(model, corpus, P.beam, P.alpha))
+                **obd_snip.evaluate(model, corpus, P.eval_beam, P.alpha))
 
 
 grid = [(m, s) for m in METHODS for s in P.sparsities]
@@ -206,7 +240,8 @@ per_class.pivot_table(index="weight_class", columns=["sparsity", "method"], valu
 # %% [markdown]
 # ## Claim 1: SNIP is the best of the four at the most extreme sparsities
 # Judged without retraining (SNIP trained from its init mask; the others pruned after
-# training) at the two highest sparsities of the grid.
+# training) at the two highest sparsities of the grid; inconclusive when the dense baseline is
+# below `claims_min_bleu` or all methods are within 0.1 BLEU there.
 
 # %%
 bleu = table.pivot(index="sparsity", columns="method", values="bleu")
@@ -215,7 +250,7 @@ if "snip" in bleu.columns and len(bleu.columns) > 1:
     margin = (bleu.loc[extreme, "snip"] - bleu.loc[extreme].drop(columns="snip").max(axis=1)).min()
     # All methods within 0.1 BLEU of each other at every extreme point: no signal to judge on.
     tied = bool((bleu.loc[extreme].max(axis=1) - bleu.loc[extreme].min(axis=1)).max() < 0.1)
-    holds = None if tied else bool(margin > 0)
+    holds = None if tied or dense["bleu"] < P.claims_min_bleu else bool(margin > 0)
 else:
     margin, holds = float("nan"), None
 run.record_claim("snip-best-at-extreme-sparsity", "SNIP gives the highest BLEU of OBD, SNIP, magnitude and random at the most extreme sparsities",

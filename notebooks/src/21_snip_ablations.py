@@ -23,6 +23,37 @@
 
 # %%
 profile = ""              # smoke | default | paper; "" reads $PRUNELAB_PROFILE, else default
+# The NMT study's parameters (profiles/_nmt.toml; they decide the cached baseline):
+direction = None
+folder = None
+data_root = None
+lowercase = None
+min_freq = None
+max_vocab = None
+max_len = None
+train_size = None
+eval_size = None
+layers = None
+emb_size = None
+hidden = None
+dropout = None
+input_feed = None
+init = None
+optimizer = None
+lr = None
+batch_size = None
+max_epochs = None
+patience = None
+lr_decay = None
+clip = None
+seed = None
+max_steps = None
+amp = None
+beam = None
+alpha = None
+device = None
+threads = None
+# This notebook's own:
 sparsity = None           # fraction of the classed weights SNIP removes
 inits = None              # init schemes compared (see prunelab.models.seq2seq.INITS)
 seeds = None              # seeds of the init draw, the saliency batches and the data order
@@ -34,6 +65,8 @@ data_batch_sizes = None   # batch sizes of the data ablation
 data_fractions = None     # fractions of the training pairs scored (0 = one batch)
 data_seeds = None         # seeds of the data ablation
 claim_fraction = None     # the "about 1/20 of the data" point of claim 2
+eval_beam = None          # beam width of every BLEU in this notebook (1 = greedy), dense included
+claims_min_bleu = None    # below this dense BLEU the BLEU-based claims are inconclusive
 run_dir = ""              # set by `prunelab run`; "" derives the run folder from the parameters
 
 # %%
@@ -49,10 +82,12 @@ from prunelab import nmt, obd_snip, results, runner
 from prunelab.results import verdict
 from prunelab.sparse_init import prune_at_init_
 
-P, run = runner.start("21_snip_ablations", profile=profile, run_dir=run_dir, sparsity=sparsity, inits=inits,
-                      seeds=seeds, saliency_batches=saliency_batches, saliency_batch_size=saliency_batch_size,
-                      snip_epochs=snip_epochs, snip_max_steps=snip_max_steps, data_batch_sizes=data_batch_sizes, data_fractions=data_fractions,
-                      data_seeds=data_seeds, claim_fraction=claim_fraction)
+OWN = ("eval_beam", "claims_min_bleu", "sparsity", "inits", "seeds", "saliency_batches", "saliency_batch_size",
+       "snip_epochs", "snip_max_steps", "data_batch_sizes", "data_fractions", "data_seeds", "claim_fraction")
+P, run = runner.start("21_snip_ablations", profile=profile, run_dir=run_dir,
+                      **{name: globals()[name] for name in (*nmt.PARAMS, *OWN)})
+if P.threads:
+    torch.set_num_threads(P.threads)
 bad = [i for i in P.inits if i not in nmt.INITS]
 if bad:
     raise ValueError(f"unknown init scheme {bad[0]!r}; choose from {', '.join(nmt.INITS)}")
@@ -65,7 +100,7 @@ print(f"profile {P.profile}; run folder {run.path}")
 # %%
 base = nmt.baseline(P)
 corpus = base.corpus
-dense = run.memo("dense", {}, lambda: obd_snip.evaluate(base.model, corpus, P.beam, P.alpha))
+dense = run.memo("dense", {}, lambda: obd_snip.evaluate(base.model, corpus, P.eval_beam, P.alpha))
 train_cfg = nmt.TrainConfig.from_params(vars(P), max_epochs=P.snip_epochs, max_steps=P.snip_max_steps)
 n_train = len(corpus["train"])
 print(f"dense baseline test BLEU {dense['bleu']:.2f}; {n_train} training pairs; SNIP at sparsity {P.sparsity}")
@@ -79,7 +114,7 @@ def snip_point(init, seed, batch_size, n_batches, reference=None):
                                                    batches=batches, train_config=cfg)
     overlap = obd_snip.mask_overlap(masks, reference) if reference is not None else float("nan")
     return dict(init=init, seed=seed, batch_size=batch_size, batches=sal.batches, examples=sal.examples,
-                epochs=len(history) - 1, overlap_with_most=overlap, **obd_snip.evaluate(model, corpus, P.beam, P.alpha))
+                epochs=len(history) - 1, overlap_with_most=overlap, **obd_snip.evaluate(model, corpus, P.eval_beam, P.alpha))
 
 
 # %% [markdown]
@@ -166,17 +201,19 @@ run.save_figure(fig, "bleu_vs_saliency_data")
 # ## Claim 1: the initialisation matters, and variance-scaled inits do best
 # "Materially": the spread of the mean BLEU over inits exceeds 1 BLEU and twice the largest
 # seed range (max - min over seeds) of any init. "Best": the init with the highest mean BLEU is
-# a Kaiming or Xavier init and beats uniform by more than the seed ranges of both.
+# a Kaiming or Xavier init and beats uniform by more than the seed ranges of both. BLEU-based
+# claims are inconclusive when the dense baseline is below `claims_min_bleu`.
 
 # %%
 spread = summary["mean"].max() - summary["mean"].min()
 noise = (summary["max"] - summary["min"]).max() if len(P.seeds) > 1 else float("nan")
-matters = None if math.isnan(noise) else bool(spread > max(1.0, 2 * noise))
+weak = dense["bleu"] < P.claims_min_bleu  # too weak a baseline to judge BLEU differences on
+matters = None if math.isnan(noise) or weak else bool(spread > max(1.0, 2 * noise))
 run.record_claim("snip-init-matters", "The initialisation used for scoring and training changes SNIP's BLEU materially",
                  "max - min over inits of mean test BLEU (noise: largest seed range)", f"{spread:.2f}", verdict(matters),
                  f"seed range {noise:.2f}; " + ", ".join(f"{i} {v:.2f}" for i, v in summary["mean"].items()))
 best_init = summary["mean"].idxmax()
-if "uniform" in summary.index and len(summary) > 1 and not math.isnan(noise):
+if "uniform" in summary.index and len(summary) > 1 and not math.isnan(noise) and not weak:
     rng = summary["max"] - summary["min"]
     lead = summary.loc[best_init, "mean"] - summary.loc["uniform", "mean"]
     best_vs = bool(best_init != "uniform" and lead > max(rng[best_init], rng["uniform"]))
@@ -197,7 +234,7 @@ b0 = P.saliency_batch_size if P.saliency_batch_size in P.data_batch_sizes else P
 part = by_data[by_data.batch_size == b0]
 most = part.fraction.max()
 a, z = part[part.fraction == P.claim_fraction].bleu, part[part.fraction == most].bleu
-if len(P.data_seeds) > 1 and len(a) and len(z) and P.claim_fraction != most:
+if len(P.data_seeds) > 1 and len(a) and len(z) and P.claim_fraction != most and not weak:
     gap = abs(a.mean() - z.mean())
     noise = max(a.max() - a.min(), z.max() - z.min())
     holds = bool(gap <= noise)

@@ -88,8 +88,8 @@ print(f"profile {P.profile}; run folder {run.path}")
 # after each optimizer step, so pruned weights stay exactly zero (checked in `zeros_kept`).
 
 # %%
-retrain = nmt.TrainConfig.from_params(vars(P), lr=P.lr * P.retrain_lr_factor, max_epochs=P.retrain_epochs)
-scratch = nmt.TrainConfig.from_params(vars(P), max_epochs=P.scratch_epochs)
+retrain = nmt.TrainConfig.from_params(P, lr=P.lr * P.retrain_lr_factor, max_epochs=P.retrain_epochs)
+scratch = nmt.TrainConfig.from_params(P, max_epochs=P.scratch_epochs)
 
 def evaluate(model, method, sparsity, m, epochs):
     zeros = all(bool((p[~m[n]] == 0).all()) for n, p in model.named_parameters() if n in m)

@@ -55,7 +55,8 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **changes) -> "TrainConfig":
-        """The fields of ``params`` this config has, updated by ``changes``."""
+        """The fields of ``params`` (a mapping or a notebook's namespace ``P``) this config has, updated by ``changes``."""
+        params = params if isinstance(params, dict) else vars(params)
         fields = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
         return cls(**{**fields, **changes})
 

@@ -60,15 +60,17 @@ def _group_convs(graph: tp.DependencyGraph, conv: nn.Conv2d, names: dict) -> lis
             if isinstance(dep.target.module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler)]
 
 
-def filter_layers(model: nn.Module, example: Tensor) -> dict[str, FilterLayer]:
+def filter_layers(model: nn.Module, example: Tensor, graph: tp.DependencyGraph | None = None) -> dict[str, FilterLayer]:
     """Every (non-grouped) ``nn.Conv2d`` of ``model``, in module order, with its feature-map point and couplings.
+
+    ``graph`` reuses a dependency graph already traced on ``model`` (else one is traced on ``example``).
 
     >>> from prunelab.models.cnn import alexnet_small
     >>> layers = filter_layers(alexnet_small(), torch.zeros(1, 1, 32, 32))
     >>> list(layers), layers["conv1"].n_filters
     (['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 32)
     """
-    graph = build_graph(model, example)
+    graph = graph or build_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
     layers = {}
     for name, conv in model.named_modules():
@@ -145,9 +147,8 @@ def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     >>> net.conv5.out_channels, net.fc6.in_features
     (62, 992)
     """
-    layers = filter_layers(model, example)
-    plan = check_plan(plan, layers, min_filters)
     graph = build_graph(model, example)
+    plan = check_plan(plan, filter_layers(model, example, graph), min_filters)
     modules = dict(model.named_modules())
     for name, idxs in plan.items():
         group = graph.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=idxs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunelab.criteria.unstructured import magnitude, prunable, random_scores
+from prunelab.criteria.filters import FILTER_CRITERIA, get_filter_criterion  # noqa: F401 (per-filter, structured)
 
 Criterion = Callable[..., dict]
 

@@ -1,0 +1,61 @@
+"""The iterative pruning loop: targets, measurements, bad inputs."""
+import pytest
+import torch
+
+from prunelab import structured
+from prunelab.models import cnn
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = cnn.alexnet_small(image_size=16, widths=(6, 6, 8, 8, 6), hidden=16)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 1, 16, 16, generator=gen), torch.randint(0, 10, (96,), generator=gen)
+    return model, {"x_train": x[:64], "y_train": y[:64], "x_test": x[64:], "y_test": y[64:]}
+
+
+def _cfg(**kw):
+    return structured.PruneConfig(**{**dict(criterion="taylor", filters_per_step=5, finetune_epochs=1, batch_size=32,
+                                            target_flops=0.5, min_filters=2, score_examples=32, latency_batch=2,
+                                            latency_repeats=1), **kw})
+
+
+def test_loop_reaches_flops_target_and_records_each_level():
+    model, data = _setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    levels, per_layer = structured.prune_iteratively(model, data, _cfg())
+    assert levels[0]["flops_fraction"] == 1.0 and levels[-1]["flops_fraction"] <= 0.5
+    assert levels[-2]["flops_fraction"] > 0.5  # it stopped at the first level under the target
+    assert [r["removed"] for r in levels] == [5 * i for i in range(len(levels))]
+    assert all(a["flops"] > b["flops"] and a["params"] > b["params"] for a, b in zip(levels, levels[1:]))
+    assert all(r["finetune_s_per_epoch"] > 0 and r["latency_cpu_s"] > 0 and r["latency_batch"] == 2 for r in levels)
+    assert min(r["filters"] for r in per_layer) >= 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the input model is untouched
+
+
+def test_loop_filter_target_and_determinism():
+    model, data = _setup()
+    a, _ = structured.prune_iteratively(model, data, _cfg(target_flops=None, target_filters=20, criterion="weight_norm"))
+    b, _ = structured.prune_iteratively(model, data, _cfg(target_flops=None, target_filters=20, criterion="weight_norm"))
+    assert 34 - a[-1]["removed"] <= 20
+    assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
+
+
+def test_unreachable_targets_and_bad_images():
+    model, data = _setup()
+    with pytest.raises(ValueError, match=r"target_flops=0.001 is unreachable.*min_filters=2"):
+        structured.prune_iteratively(model, data, _cfg(target_flops=0.001))
+    with pytest.raises(ValueError, match="target_filters=5 is unreachable: between 10"):
+        structured.prune_iteratively(model, data, _cfg(target_flops=None, target_filters=5))
+    with pytest.raises(ValueError, match="set target_flops"):
+        structured.prune_iteratively(model, data, _cfg(target_flops=None))
+    bad = {k: (v[..., :12, :12] if k.startswith("x") else v) for k, v in data.items()}
+    with pytest.raises(ValueError, match=r"images of shape \(1, 12, 12\) do not fit"):
+        structured.prune_iteratively(model, bad, _cfg())
+    with pytest.raises(KeyError, match="unknown filter criterion 'l2'"):
+        structured.prune_iteratively(model, data, _cfg(criterion="l2"))
+    with pytest.raises(ValueError, match="image size divisible by 8"):
+        cnn.alexnet_small(image_size=20)
+    import torchvision
+    with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8\) do not fit AlexNet"):
+        cnn.check_input_shape(torchvision.models.alexnet(weights=None, num_classes=3), (3, 8, 8))

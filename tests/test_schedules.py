@@ -1,0 +1,43 @@
+import pytest
+
+from prunelab.schedules import Iterative, OneShot, Polynomial
+
+
+@pytest.mark.parametrize("schedule, step, expected", [
+    (OneShot(0.8), 0, 0.8),
+    (OneShot(0.8), 7, 0.8),
+    (OneShot(0.5, step=3), 2, 0.0),
+    (OneShot(0.5, step=3), 3, 0.5),
+    (Iterative(0.8, 4), 0, 0.0),
+    (Iterative(0.8, 4), 1, 0.2),
+    (Iterative(0.8, 4), 4, 0.8),
+    (Iterative(0.8, 4), 9, 0.8),
+    (Iterative(0.75, 2, geometric=True), 1, 0.5),
+    (Iterative(0.75, 2, geometric=True), 2, 0.75),
+    (Polynomial(0.9, begin=10, end=110), 0, 0.0),
+    (Polynomial(0.9, begin=10, end=110), 10, 0.0),
+    (Polynomial(0.9, begin=10, end=110), 60, 0.9 - 0.9 * 0.5 ** 3),
+    (Polynomial(0.9, begin=10, end=110), 110, 0.9),
+    (Polynomial(0.9, begin=10, end=110), 500, 0.9),
+    (Polynomial(0.9, begin=0, end=100, frequency=30), 59, 0.9 - 0.9 * 0.7 ** 3),
+    (Polynomial(0.9, begin=0, end=100, initial=0.5, power=1), 50, 0.7),
+])
+def test_sparsity_at(schedule, step, expected):
+    assert schedule.sparsity_at(step) == pytest.approx(expected, abs=1e-12)
+
+
+def test_polynomial_is_monotone():
+    s = Polynomial(0.95, begin=0, end=1000, frequency=10)
+    values = [s.sparsity_at(t) for t in range(0, 1200, 7)]
+    assert values == sorted(values)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: OneShot(1.2), "sparsity=1.2"),
+    (lambda: Iterative(0.5, 0), "rounds=0"),
+    (lambda: Polynomial(0.5, begin=10, end=10), "end=10"),
+    (lambda: OneShot(0.5).sparsity_at(-1), "step=-1"),
+])
+def test_bad_schedules(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

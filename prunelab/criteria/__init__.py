@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from prunelab.criteria.second_order import HESSIAN_ESTIMATORS, Saliency, obd, obd_saliency, snip, snip_saliency
 from prunelab.criteria.unstructured import magnitude, prunable, random_scores
 
 Criterion = Callable[..., dict]
@@ -15,6 +16,8 @@ Criterion = Callable[..., dict]
 CRITERIA: dict[str, Criterion] = {
     "magnitude": magnitude,
     "random": random_scores,
+    "obd": obd,
+    "snip": snip,
 }
 
 
@@ -26,4 +29,5 @@ def get_criterion(name: str) -> Criterion:
         raise KeyError(f"unknown criterion {name!r}; choose one of {', '.join(sorted(CRITERIA))}") from None
 
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "magnitude", "prunable", "random_scores"]
+__all__ = ["CRITERIA", "Criterion", "HESSIAN_ESTIMATORS", "Saliency", "get_criterion", "magnitude", "obd",
+           "obd_saliency", "prunable", "random_scores", "snip", "snip_saliency"]

@@ -1,0 +1,162 @@
+# %% [markdown]
+# # 31 · Iterative filter pruning: accuracy, FLOPs, measured speed and training time
+#
+# **Question.** Pruning whole filters makes a network really smaller; how much of its computation
+# can go before target accuracy falls, which criterion keeps accuracy best, and does the measured
+# speed follow the FLOP count?
+#
+# **Paper.** Molchanov et al. (ICLR 2017), Fig. 1 and Sec. 3: rank feature maps, remove the least
+# important, fine-tune, repeat ("comparing levels of pruning in AlexNet" on Flowers-102). Removal
+# is physical (Torch-Pruning's dependency graph: the next conv / linear lose their inputs).
+# `default`: small AlexNet-style net, Fashion-MNIST -> digits; `paper`: ImageNet AlexNet -> Flowers-102.
+#
+# **Claims checked.** (1) a large share of FLOPs (>= 50%) goes with at most 1 point of target
+# accuracy lost after fine-tuning (Taylor); (2) Taylor removes deeper-layer filters first;
+# (3) fine-tuning time per epoch falls as filters are removed; (4) measured speedup stays below the
+# FLOP reduction (the ratio is reported).
+#
+# Parameters: `None` takes the profile's value (`prunelab run 31_filter_pruning -p key=value`).
+
+# %%
+profile = ""         # smoke | default | paper; "" reads $PRUNELAB_PROFILE, else default
+arch = None          # alexnet_small | tv_alexnet_imagenet
+source = None        # fashion_mnist | imagenet
+target = None        # digits | flowers102
+target_limit = None  # images per Flowers-102 split; 0 keeps all
+widths = None        # filters of conv1..conv5 (alexnet_small)
+hidden = None        # width of fc6/fc7 (alexnet_small)
+image_size = None
+source_train = None  # Fashion-MNIST training images used for pretraining
+source_epochs = None
+lr = None            # pretraining learning rate
+batch_size = None
+transfer_epochs = None
+transfer_lr = None
+seed = None
+criteria = None      # filter criteria compared
+filters_per_step = None  # filters removed per iteration
+finetune_epochs = None   # fine-tuning epochs after each removal
+finetune_lr = None
+target_flops = None  # stop at this fraction of the original FLOPs
+min_filters = None   # the fewest filters a layer keeps
+score_examples = None
+score_batch = None
+latency_batch = None  # batch size of the latency measurement
+latency_repeats = None
+run_dir = ""         # set by `prunelab run`
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from prunelab import runner, structured, train, transfer
+from prunelab.results import verdict
+
+P, run = runner.start("31_filter_pruning", profile=profile, run_dir=run_dir, arch=arch, source=source, target=target,
+                      target_limit=target_limit, widths=widths, hidden=hidden, image_size=image_size,
+                      source_train=source_train, source_epochs=source_epochs, lr=lr, batch_size=batch_size,
+                      transfer_epochs=transfer_epochs, transfer_lr=transfer_lr, seed=seed, criteria=criteria,
+                      filters_per_step=filters_per_step, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                      target_flops=target_flops, min_filters=min_filters, score_examples=score_examples,
+                      score_batch=score_batch, latency_batch=latency_batch, latency_repeats=latency_repeats)
+device = train.pick_device()
+print(f"profile {P.profile}; device {device}; run folder {run.path}")
+model, data, info = transfer.transferred_model(vars(P), device, progress=True)
+print(f"source accuracy {info['source_accuracy']}, target accuracy {info['target_accuracy']:.4f}")
+
+# %% [markdown]
+# ## Prune with each criterion until the FLOPs target
+# Every level is cached in the run folder, so an interrupted run resumes by criterion.
+
+# %%
+def prune(criterion):
+    cfg = structured.PruneConfig(criterion=criterion, filters_per_step=P.filters_per_step, finetune_epochs=P.finetune_epochs,
+                                 lr=P.finetune_lr, batch_size=P.batch_size, target_flops=P.target_flops,
+                                 min_filters=P.min_filters, score_examples=P.score_examples, score_batch=P.score_batch,
+                                 latency_batch=P.latency_batch, latency_repeats=P.latency_repeats, seed=P.seed)
+    levels, per_layer = structured.prune_iteratively(model, data, cfg, progress=True)
+    return dict(levels=levels, per_layer=per_layer)
+
+results = {c: run.memo("criterion", dict(criterion=c), lambda: prune(c)) for c in tqdm(P.criteria, desc="criteria")}
+levels = pd.concat([pd.DataFrame(r["levels"]) for r in results.values()], ignore_index=True)
+per_layer = pd.concat([pd.DataFrame(r["per_layer"]) for r in results.values()], ignore_index=True)
+base = levels[levels.level == 0].iloc[0]
+levels["flop_reduction"] = base.flops / levels.flops
+levels["speedup_cpu"] = base.latency_cpu_s / levels.latency_cpu_s
+run.save_table("levels", levels)
+run.save_table("filters_per_layer", per_layer)
+levels[["criterion", "level", "removed", "accuracy", "accuracy_before_finetune", "params", "flops_fraction",
+        "latency_cpu_s", "finetune_s_per_epoch"]].round(4)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+sns.lineplot(data=levels, x="flops_fraction", y="accuracy", hue="criterion", marker="o", ax=axes[0])
+sns.lineplot(data=levels, x="params", y="accuracy", hue="criterion", marker="o", ax=axes[1], legend=False)
+axes[0].invert_xaxis(); axes[1].invert_xaxis()
+axes[0].set_xlabel("FLOPs remaining (fraction of the unpruned net)"); axes[1].set_xlabel("parameters remaining")
+axes[0].set_ylabel("target test accuracy after fine-tuning")
+fig.suptitle(f"{P.arch} on {P.target}: pruning levels per criterion ({P.filters_per_step} filters per step)")
+run.save_figure(fig, "accuracy_vs_flops_params")
+
+# %%
+grid = sns.relplot(data=per_layer, x="level", y="filters", hue="layer", col="criterion", kind="line", marker="o",
+                   col_wrap=min(3, len(P.criteria)), height=2.8, aspect=1.2)
+grid.figure.suptitle("filters remaining per layer as pruning proceeds", y=1.02)
+run.save_figure(grid.figure, "filters_per_layer")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+sns.scatterplot(data=levels, x="flop_reduction", y="speedup_cpu", hue="criterion", ax=axes[0])
+top = float(levels.flop_reduction.max())
+axes[0].plot([1, top], [1, top], "k--", lw=1, label="speedup = FLOP reduction")
+axes[0].set_xlabel("FLOP reduction (x)"); axes[0].set_ylabel(f"measured CPU speedup (x), batch {P.latency_batch}")
+axes[0].legend(fontsize=7)
+sns.lineplot(data=levels, x="flops_fraction", y="finetune_s_per_epoch", hue="criterion", marker="o", ax=axes[1])
+axes[1].invert_xaxis(); axes[1].set_xlabel("FLOPs remaining (fraction)"); axes[1].set_ylabel("fine-tuning seconds per epoch")
+run.save_figure(fig, "speedup_and_training_time")
+
+# %% [markdown]
+# ## Claims
+# Judged on this run's own numbers. "Deeper first": the mean depth (conv index / last index) of
+# the filters Taylor removes in its first quarter of levels, against the mean depth of all filters
+# of the unpruned net.
+
+# %%
+taylor = levels[levels.criterion == "taylor"] if "taylor" in P.criteria else levels[levels.criterion == P.criteria[0]]
+ok = taylor[taylor.accuracy >= base.accuracy - 0.01]
+kept_share = float(1 - ok.flops_fraction.min())
+run.record_claim("flops-within-1pt", f"A large share (>= 50%) of FLOPs goes with at most 1 point of target accuracy lost ({taylor.criterion.iloc[0]})",
+                 "largest FLOP share removed with accuracy >= unpruned - 0.01, after fine-tuning", f"{kept_share:.3f}",
+                 verdict(kept_share >= 0.5), detail=f"unpruned accuracy {base.accuracy:.4f}; target_flops {P.target_flops}")
+
+layer_names = list(dict.fromkeys(per_layer.layer))
+depth = {n: i / max(len(layer_names) - 1, 1) for i, n in enumerate(layer_names)}
+pl = per_layer.assign(depth=per_layer.layer.map(depth))
+start = pl[(pl.level == 0) & (pl.criterion == taylor.criterion.iloc[0])]
+all_depth = float((start.depth * start.filters).sum() / start.filters.sum())
+quarter = max(1, int(taylor["level"].max()) // 4)
+early = pl[(pl.criterion == taylor.criterion.iloc[0]) & (pl.level >= 1) & (pl.level <= quarter)]
+early_depth = float((early.depth * early.removed_now).sum() / max(early.removed_now.sum(), 1))
+run.record_claim("taylor-deeper-first", "The Taylor criterion removes deeper-layer filters first",
+                 f"mean depth of filters removed in levels 1..{quarter} vs mean depth of all filters (0 = conv1, 1 = last conv)",
+                 f"{early_depth:.3f} vs {all_depth:.3f}", verdict(early_depth > all_depth))
+
+rho, pvalue = spearmanr(levels.flops_fraction, levels.finetune_s_per_epoch)
+last = levels.loc[levels.groupby("criterion")["level"].idxmax()]
+time_ratio = float(last.finetune_s_per_epoch.mean() / base.finetune_s_per_epoch)
+run.record_claim("finetune-time-falls", "Fine-tuning time per epoch falls as filters are removed",
+                 "Spearman(FLOPs fraction, seconds per epoch) over all levels; mean last/first seconds",
+                 f"rho={rho:.3f} (p={pvalue:.2g}); last/first={time_ratio:.3f}", verdict(bool(rho > 0 and pvalue < 0.05 and time_ratio < 1)))
+
+ratio = last.speedup_cpu / last.flop_reduction
+run.record_claim("speedup-below-flop-reduction", "Measured speedup stays below the FLOP reduction",
+                 f"CPU speedup / FLOP reduction at each criterion's last level (batch {P.latency_batch}, {int(base.threads)} threads)",
+                 "; ".join(f"{c}={r:.3f}" for c, r in zip(last.criterion, ratio)), verdict(bool((ratio < 1).all())),
+                 detail="; ".join(f"{c}: {s:.2f}x speed for {f:.2f}x fewer FLOPs" for c, s, f in zip(last.criterion, last.speedup_cpu, last.flop_reduction)))
+pd.read_csv(run.path / "claims.csv")[["id", "value", "verdict"]]
+
+# %%
+run.finish()

@@ -1,0 +1,162 @@
+"""Iterative structured pruning (Molchanov et al. 2017, Fig. 1): rank filters, remove k, fine-tune,
+repeat until a FLOPs or filter target, measuring every level.
+
+Each level records accuracy, parameters, FLOPs (``torch.utils.flop_counter``, per image),
+the median CPU latency of one forward pass at a stated batch size (and CUDA latency when the
+model lives on a GPU), and fine-tuning seconds per epoch.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from prunelab import metrics, train
+from prunelab.criteria.filters import get_filter_criterion
+from prunelab.models.cnn import check_input_shape
+from prunelab.removal import filter_layers, independent, plan_from_scores, remove_filters_
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """One iterative pruning run.
+
+    Attributes:
+        criterion: a key of ``FILTER_CRITERIA``.
+        filters_per_step: filters removed per iteration (k).
+        finetune_epochs: fine-tuning epochs after each removal (n steps = epochs x batches per epoch).
+        target_flops: stop once FLOPs <= this fraction of the original (None: no FLOPs target).
+        target_filters: stop once at most this many filters remain (None: no filter target).
+        min_filters: the fewest filters a layer keeps.
+        score_examples: training examples used by the criterion (held fixed, the first ones).
+        latency_batch: batch size of the latency measurement.
+    """
+
+    criterion: str = "taylor"
+    filters_per_step: int = 8
+    finetune_epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 64
+    target_flops: float | None = 0.2
+    target_filters: int | None = None
+    min_filters: int = 1
+    score_examples: int = 256
+    score_batch: int = 128
+    latency_batch: int = 64
+    latency_repeats: int = 10
+    seed: int = 0
+
+
+def min_flops(model: nn.Module, example: Tensor, names: list[str], min_filters: int) -> int:
+    """FLOPs per image left when every layer in ``names`` keeps only ``min_filters`` filters."""
+    layers = filter_layers(model, example)
+    small = copy.deepcopy(model)
+    plan = {n: list(range(min_filters, layers[n].n_filters)) for n in names}
+    remove_filters_(small, plan, example, min_filters)
+    return metrics.flops(small, example[:1])
+
+
+def measure(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfig) -> dict:
+    """Accuracy, parameters, FLOPs per image and latency (CPU always; CUDA when the model is on a GPU)."""
+    x = data["x_test"]
+    row = dict(accuracy=metrics.accuracy(model, x, data["y_test"]), params=metrics.count_params(model),
+               flops=metrics.flops(model, x[:1]), latency_batch=cfg.latency_batch, threads=torch.get_num_threads())
+    batch = torch.zeros(cfg.latency_batch, *x.shape[1:])
+    if x.is_cuda:
+        row["latency_cuda_s"] = metrics.latency(model, batch.to(x.device), repeats=cfg.latency_repeats)
+    cpu = copy.deepcopy(model).cpu()
+    row["latency_cpu_s"] = metrics.latency(cpu, batch, repeats=cfg.latency_repeats)
+    return row
+
+
+def _finetune_(model, data, cfg, gen) -> float:
+    """Fine-tune in place; return the mean seconds per epoch."""
+    hist = train.train_classifier_(model, data["x_train"], data["y_train"], epochs=cfg.finetune_epochs, lr=cfg.lr,
+                                   batch_size=cfg.batch_size, generator=gen)
+    return sum(h["seconds"] for h in hist) / len(hist)
+
+
+def check_targets(model: nn.Module, example: Tensor, names: list[str], cfg: PruneConfig) -> None:
+    """Raise a clear ValueError when no target is set or a target cannot be reached."""
+    layers = filter_layers(model, example)
+    total, floor = sum(layers[n].n_filters for n in names), cfg.min_filters * len(names)
+    if cfg.target_flops is None and cfg.target_filters is None:
+        raise ValueError("set target_flops (a fraction of the original FLOPs) or target_filters")
+    if cfg.target_filters is not None and not floor <= cfg.target_filters <= total:
+        raise ValueError(f"target_filters={cfg.target_filters} is unreachable: between {floor} (min_filters="
+                         f"{cfg.min_filters} in each of {len(names)} layers) and {total} filters can remain")
+    if cfg.target_flops is not None:
+        reachable = min_flops(model, example, names, cfg.min_filters) / metrics.flops(model, example[:1])
+        if not reachable <= cfg.target_flops <= 1:
+            raise ValueError(f"target_flops={cfg.target_flops} is unreachable: keeping min_filters={cfg.min_filters} "
+                             f"in each of {', '.join(names)} leaves {reachable:.4f} of the FLOPs; choose a fraction in "
+                             f"[{reachable:.4f}, 1]")
+    if cfg.filters_per_step < 1:
+        raise ValueError(f"filters_per_step={cfg.filters_per_step} must be at least 1")
+
+
+def prune_iteratively(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfig, progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """Prune a copy of ``model`` until ``cfg``'s target; ``model`` itself is left unchanged.
+
+    Args:
+        data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` on the model's device; images ``(N, C, H, W)``.
+
+    Returns:
+        (levels, layers): one dict per level (level 0 = unpruned; accuracy after fine-tuning,
+        accuracy_before_finetune, params, flops, latency, finetune_s_per_epoch, ...), and one dict per
+        level and layer (filters remaining, filters removed at that level).
+
+    Raises:
+        ValueError: images the model cannot take, an unreachable target, an unknown criterion.
+    """
+    score = get_filter_criterion(cfg.criterion)
+    check_input_shape(model, tuple(data["x_train"].shape[1:]))
+    model = copy.deepcopy(model).eval()
+    example = data["x_train"][:1]
+    names = independent(filter_layers(model, example))
+    check_targets(model, example, names, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xs, ys = data["x_train"][:cfg.score_examples], data["y_train"][:cfg.score_examples]
+    batches = [(xs[i:i + cfg.score_batch], ys[i:i + cfg.score_batch]) for i in range(0, xs.shape[0], cfg.score_batch)]
+    flops0 = metrics.flops(model, example)
+    measure(model, data, cfg)  # throwaway: the first timed passes in a process run slow
+    start = measure(model, data, cfg)
+    base_epoch = _finetune_(copy.deepcopy(model), data, cfg, torch.Generator().manual_seed(cfg.seed))  # timing only
+    levels = [dict(level=0, criterion=cfg.criterion, removed=0, **start, accuracy_before_finetune=start["accuracy"],
+                   finetune_s_per_epoch=base_epoch, score_s=0.0)]
+    layers = filter_layers(model, example)
+    per_layer = [dict(level=0, criterion=cfg.criterion, layer=n, filters=layers[n].n_filters, removed_now=0) for n in names]
+    bar = tqdm(desc=f"pruning ({cfg.criterion})", disable=not progress, leave=False)
+    while not _reached(levels[-1], flops0, layers, names, cfg):
+        t = time.perf_counter()
+        scores = score(model, names, batches=batches, layers=layers, generator=gen)
+        score_s = time.perf_counter() - t
+        capacity = sum(layers[n].n_filters - cfg.min_filters for n in names)
+        plan = plan_from_scores(scores, min(cfg.filters_per_step, capacity), cfg.min_filters)
+        remove_filters_(model, plan, example, cfg.min_filters)
+        before = metrics.accuracy(model, data["x_test"], data["y_test"])
+        epoch_s = _finetune_(model, data, cfg, gen)
+        layers, level = filter_layers(model, example), len(levels)
+        levels.append(dict(level=level, criterion=cfg.criterion, removed=levels[-1]["removed"] + sum(map(len, plan.values())),
+                           **measure(model, data, cfg), accuracy_before_finetune=before, finetune_s_per_epoch=epoch_s,
+                           score_s=score_s))
+        per_layer += [dict(level=level, criterion=cfg.criterion, layer=n, filters=layers[n].n_filters,
+                           removed_now=len(plan.get(n, []))) for n in names]
+        bar.update()
+    bar.close()
+    for row in levels:
+        row["flops_fraction"] = row["flops"] / flops0
+    return levels, per_layer
+
+
+def _reached(last: dict, flops0: int, layers, names, cfg: PruneConfig) -> bool:
+    remaining = sum(layers[n].n_filters for n in names)
+    if remaining <= cfg.min_filters * len(names):
+        return True
+    if cfg.target_filters is not None and remaining <= cfg.target_filters:
+        return True
+    return cfg.target_flops is not None and last["flops"] <= cfg.target_flops * flops0

@@ -197,7 +197,8 @@ def apply_masks_(model: nn.Module | list[tuple[Tensor, Tensor]], masks: Mapping[
     """
     pairs = model if masks is None else bind_masks(model, masks)
     for param, mask in pairs:
-        param.mul_(mask)
+        # Same values as mul_(mask); the uint8 view takes the vectorised path (bool is ~10x slower on the CPU).
+        param.mul_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask)
 
 
 def masked_step_(optimizer: torch.optim.Optimizer, pairs: list[tuple[Tensor, Tensor]]) -> None:

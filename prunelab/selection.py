@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 CAP = 1 << 22  # values gathered for the final kthvalue (16 MB of float32)
-SAMPLE = 1 << 20  # strided sample that brackets the k-th value
+SAMPLE = 1 << 18  # strided sample that brackets the k-th value
 CHUNK = {"cpu": 1 << 22, "cuda": 1 << 26}  # least elements per chunk
 SPLIT = 16  # at most ~SPLIT chunks per pass: each op is a parallel region with a fixed cost
 
@@ -87,12 +87,11 @@ def _check_nan(nan: Tensor | int, what: str) -> None:
 def _sample_bracket(s: Stream, k: int, n: int) -> tuple[float, float]:
     """Values bracketing the k-th smallest with high probability (checked by the caller)."""
     stride = max(1, n // SAMPLE)
-    sample = torch.cat([s.view(i, slice(None, None, stride)).cpu() for i in range(len(s.flats))])
-    sample = sample.sort().values
+    sample = torch.cat([s.view(i, slice(None, None, stride)) for i in range(len(s.flats))])
     m = sample.numel()
     j, d = k / n * m, 3.0 * math.sqrt(m) + 8  # d: ~6 standard deviations of the sample rank
-    lo = sample[max(0, math.floor(j - d))].item()
-    hi = sample[min(m - 1, math.ceil(j + d))].item()
+    lo = sample.kthvalue(max(1, math.floor(j - d))).values.item()
+    hi = sample.kthvalue(min(m, math.ceil(j + d))).values.item()
     return lo, hi
 
 
@@ -106,7 +105,7 @@ def _count_and_gather(s: Stream, lo: float, hi: float, what: str) -> tuple[int, 
         at_most = at_most + torch.count_nonzero(le)
         nan = nan + torch.count_nonzero(torch.isnan(c))
         if found is not None:
-            found.append(c[le & ~lt])
+            found.append(c[le ^ lt])  # lo <= c <= hi, as lt implies le
             size += found[-1].numel()  # host sync only for the gathered sizes (small copies)
             found = found if size <= CAP else None
     _check_nan(nan, what)
@@ -131,8 +130,8 @@ def scan(s: Stream, what: str = "the class") -> int:
     return int(neg)
 
 
-def kth_smallest(s: Stream, k: int, what: str = "the class") -> tuple[float, int]:
-    """The k-th smallest effective score t (1-based, as ``kthvalue``) and count(x < t).
+def kth_smallest(s: Stream, k: int, what: str = "the class") -> tuple[float, int, int]:
+    """The k-th smallest effective score t (1-based, as ``kthvalue``), count(x < t), count(x == t).
 
     Raises:
         ValueError: a score is NaN.
@@ -142,7 +141,7 @@ def kth_smallest(s: Stream, k: int, what: str = "the class") -> tuple[float, int
         flat = torch.cat([c for _, _, c in s.chunks()])
         _check_nan(torch.isnan(flat).sum(), what)
         t = flat.kthvalue(k).values.item()
-        return t, int(torch.count_nonzero(flat < t))
+        return t, int(torch.count_nonzero(flat < t)), int(torch.count_nonzero(flat == t))
     lo, hi = _sample_bracket(s, k, n)
     below, at_most, found = _count_and_gather(s, lo, hi, what)
     if k <= below:  # the k-th value lies below the bracket
@@ -158,10 +157,10 @@ def kth_smallest(s: Stream, k: int, what: str = "the class") -> tuple[float, int
         else:
             lo, below = _value(_key(mid) + 1), count
     if lo >= hi:
-        return hi, below
+        return hi, below, at_most - below
     values = torch.cat(found) if found is not None else _gather(s, lo, hi)
     t = values.kthvalue(k - below).values.item()
-    return t, below + int(torch.count_nonzero(values < t))
+    return t, below + int(torch.count_nonzero(values < t)), int(torch.count_nonzero(values == t))
 
 
 def keep_masks(s: Stream, k: int, what: str = "the class") -> list[Tensor]:
@@ -173,14 +172,17 @@ def keep_masks(s: Stream, k: int, what: str = "the class") -> list[Tensor]:
     if k <= 0 or k >= s.numel:
         scan(s, what)
         return [torch.full_like(f, k <= 0, dtype=torch.bool) for f in s.flats]
-    t, below = kth_smallest(s, k, what)
+    t, below, tied = kth_smallest(s, k, what)
+    need = k - below  # ties at t to prune, lowest positions first; 1 <= need <= tied
     out = [torch.empty(f.shape, dtype=torch.bool, device=f.device) for f in s.flats]
     places, ties = [], []
     for i, start, c in s.chunks():
         torch.gt(c, t, out=out[i][start:start + c.numel()])
-        places.append((i, start, c.numel()))
-        ties.append(torch.count_nonzero(c == t))
-    need = k - below  # ties at t to prune, lowest positions first; 1 <= need <= ties
+        if need < tied:  # some ties are kept: count them per chunk to find which
+            places.append((i, start, c.numel()))
+            ties.append(torch.count_nonzero(c == t))
+    if not ties:
+        return out
     for (i, start, size), tied in zip(places, torch.stack(ties).tolist()):
         if tied and need < tied:
             part = slice(start, start + size)

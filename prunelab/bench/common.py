@@ -120,9 +120,10 @@ def run_module(module: str, args: list[str], timeout: float = 1800) -> dict:
     """Run ``python -m module args`` in a fresh process; its last stdout line is a JSON result.
 
     Large allocations are forced to ``mmap`` so freed tensors leave the RSS at once and the
-    high-water mark measures what was really held at the same time.
+    high-water mark measures what was really held at the same time.  The child uses as many
+    CPU threads as this process.
     """
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(torch.get_num_threads()))
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
@@ -130,7 +131,7 @@ def run_module(module: str, args: list[str], timeout: float = 1800) -> dict:
 
 
 def fmt(value) -> str:
-    if value is None or value == "":
+    if value is None or value == "" or (isinstance(value, float) and value != value):
         return ""
     if isinstance(value, bool):
         return "yes" if value else "NO"

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import tempfile
 import time
 
+import numpy as np
 import torch
 from torch.nn.utils import prune
 
@@ -65,10 +67,11 @@ def _undo_torch(model, names):
         prune.remove(modules[n.rpartition(".")[0]], n.rpartition(".")[2])
 
 
-def measure(method: str, size: str, sparsity: float, device: str, repeats: int) -> dict:
+def measure(method: str, size: str, sparsity: float, device: str, repeats: int, save: str = "") -> dict:
     """Seconds (median over ``repeats``), extra peak bytes (first call) and a digest of the masks.
 
     A first call on a tiny model pages in the code, so the memory measured is the data's.
+    With ``save`` the masks are written there, bit-packed (``.npy``), for comparison.
     """
     if size != "tiny":
         measure(method, "tiny", sparsity, device, 1)
@@ -100,35 +103,53 @@ def measure(method: str, size: str, sparsity: float, device: str, repeats: int) 
                 for n in names:
                     current[n].copy_(original[n])
     weights = sum(params[n].numel() for n in names)
+    if save:
+        np.save(save, np.packbits(torch.cat([m.flatten().cpu() for m in found]).numpy()))
     return dict(method=method, size=size, seconds=sorted(times)[len(times) // 2], extra_bytes=extra,
                 weight_bytes=weights * 4, weights=weights, pruned=int(sum(int((~m).sum()) for m in found)),
-                digest=_digest(found))
+                digest=_digest(found), ties=_threshold_ties(magnitude(model, names), found) if method == "prunelab-masks" else None)
+
+
+def _threshold_ties(scores: dict, found: list[torch.Tensor]) -> int:
+    """How many scores equal the highest pruned score (where tie-breaks can differ)."""
+    t = max(float(s[~m].max()) for s, m in zip(scores.values(), found) if (~m).any())
+    return int(sum(int((s == t).sum()) for s in scores.values()))
+
+
+def _differing(a: str, b: str) -> int:
+    return int(np.unpackbits(np.load(a) ^ np.load(b)).sum())
 
 
 def rows(cfg: BenchConfig, sparsity: float = 0.8) -> list[dict]:
     """Speed and extra peak memory of masking, per model size."""
-    sizes = ["nmt-10M", "nmt-38M"] if cfg.quick else list(SIZES)
+    sizes = ["nmt-10M", "nmt-38M"] if cfg.quick else (["nmt-38M", "see2016"] if cfg.cuda else ["nmt-10M", "nmt-38M", "see2016"])
     out = []
     for size in sizes:
         repeats = "1" if size == "see2016" else "3"
-        got = {m: run_module("prunelab.bench.masking", [m, size, str(sparsity), cfg.device, repeats]) for m in METHODS}
-        ours, full, peer = got["prunelab-masks"], got["prunelab"], got["torch.prune"]
-        case = f"{size} ({ours['weights'] / 1e6:.0f}M weights) s={sparsity}"
-        same = ours["digest"] == peer["digest"] == full["digest"]
-        speed = peer["seconds"] / full["seconds"]
-        out.append(entry("1 masking", case, "seconds (score+mask+apply)", full["seconds"], "torch.prune.global_unstructured",
-                         peer["seconds"], speed, ">= 5x faster", speed >= 5,
-                         f"masks_from_scores alone {ours['seconds']:.3g}s; masks {'identical' if same else 'DIFFER'}"))
-        copies = ours["extra_bytes"] / ours["weight_bytes"]
-        out.append(entry("1 masking", case, "extra peak memory (weight copies), scores given", copies,
-                         "torch.prune.global_unstructured", peer["extra_bytes"] / peer["weight_bytes"],
-                         None, "<= 1 copy", copies <= 1.0,
-                         f"prunelab incl. magnitude scores: {full['extra_bytes'] / full['weight_bytes']:.2f} copies"))
+        with tempfile.TemporaryDirectory(prefix="prunelab-bench-masks-") as tmp:
+            got = {m: run_module("prunelab.bench.masking", [m, size, str(sparsity), cfg.device, repeats, f"{tmp}/{m}.npy"])
+                   for m in METHODS}
+            differ = _differing(f"{tmp}/prunelab-masks.npy", f"{tmp}/torch.prune.npy")
+        out += _size_entries(got, size, sparsity, differ)
     return out
 
 
+def _size_entries(got: dict, size: str, sparsity: float, differ: int) -> list[dict]:
+    ours, full, peer = got["prunelab-masks"], got["prunelab"], got["torch.prune"]
+    case = f"{size} ({ours['weights'] / 1e6:.0f}M weights) s={sparsity}"
+    same = "identical masks" if differ == 0 else (
+        f"masks differ at {differ} positions; {ours['ties']} scores tie at the threshold (torch.topk breaks ties arbitrarily)")
+    speed = peer["seconds"] / full["seconds"]
+    copies = ours["extra_bytes"] / ours["weight_bytes"]
+    return [entry("1 masking", case, "seconds (score+mask+apply)", full["seconds"], "torch.prune.global_unstructured",
+                  peer["seconds"], speed, ">= 5x faster", speed >= 5, f"masks_from_scores alone {ours['seconds']:.3g} s; {same}"),
+            entry("1 masking", case, "extra peak memory (weight copies), scores given", copies,
+                  "torch.prune.global_unstructured", peer["extra_bytes"] / peer["weight_bytes"], None, "<= 1 copy",
+                  copies <= 1.0, f"prunelab incl. magnitude scores: {full['extra_bytes'] / full['weight_bytes']:.2f} copies")]
+
+
 if __name__ == "__main__":
-    method, size, sparsity, device, repeats = sys.argv[1:6]
+    method, size, sparsity, device, repeats, save = (sys.argv[1:] + [""])[:6]
     if method not in METHODS or size not in SIZES:
         raise SystemExit(f"usage: METHOD in {METHODS}, SIZE in {list(SIZES)}")
-    print(json.dumps(measure(method, size, float(sparsity), device, int(repeats))))
+    print(json.dumps(measure(method, size, float(sparsity), device, int(repeats), save)))

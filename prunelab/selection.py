@@ -183,10 +183,10 @@ def keep_masks(s: Stream, k: int, what: str = "the class") -> list[Tensor]:
             ties.append(torch.count_nonzero(c == t))
     if not ties:
         return out
-    for (i, start, size), tied in zip(places, torch.stack(ties).tolist()):
-        if tied and need < tied:
+    for (i, start, size), n_eq in zip(places, torch.stack(ties).tolist()):
+        if n_eq and need < n_eq:
             part = slice(start, start + size)
             eq = s.view(i, part) == t
             out[i][part] |= eq & (eq.cumsum(0) > max(need, 0))
-        need -= tied
+        need -= n_eq
     return out

@@ -13,6 +13,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -76,8 +77,9 @@ def format_table(table: pd.DataFrame) -> str:
         if isinstance(r.note, str) and r.note:
             notes.append(r.note)
             mark = f" [{len(notes)}]"
-        cells = [r.row, r.case + mark, r.metric, fmt(r.prunelab), r.peer, fmt(r.peer_value), fmt(r.ratio), r.goal,
-                 fmt(r.met if isinstance(r.met, bool) else None)]
+        met = r.met if isinstance(r.met, (bool, np.bool_)) else None
+        cells = [fmt(r.row), fmt(r.case) + mark, fmt(r.metric), fmt(r.prunelab), fmt(r.peer), fmt(r.peer_value),
+                 fmt(r.ratio), fmt(r.goal), fmt(None if met is None else bool(met))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines + [""] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)])
 

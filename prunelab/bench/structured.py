@@ -129,7 +129,7 @@ def _entries(case, lat, flop, fractions, cfg) -> list[dict]:
 def rows(cfg: BenchConfig) -> list[dict]:
     """Speedups per model, batch size and fraction; FLOPs counted at batch 1 in fp32 on the CPU."""
     batches = (1, 256) if cfg.cuda else (1, 32)
-    repeats = 10 if cfg.cuda else (3 if cfg.quick else 5)
+    repeats = 10 if cfg.cuda else (5 if cfg.quick else 9)
     out = []
     for label, (model, shape) in _models(cfg).items():
         example = torch.zeros(1, *shape)

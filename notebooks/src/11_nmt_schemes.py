@@ -218,7 +218,8 @@ for ax, (title, name) in zip(axes.flat, mats):
     if name == "decoder.weight_ih_l0" and P.input_feed:
         ax.axvline(P.emb_size / keep.shape[1] * blocks.shape[1] - 0.5, color="red", lw=0.8)
     ax.set_title(f"{title} ({1 - keep.mean():.0%} pruned)", fontsize=9)
-    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_yticks([(g + 0.5) * blocks.shape[0] / 4 - 0.5 for g in range(4)], list("ifgo"), fontsize=8)
     for gate, part in zip("ifgo", keep.chunk(4, 0)):
         rows.append(dict(matrix=name, gate=gate, kept=float(part.mean())))
 fig.colorbar(im, ax=axes, shrink=0.6, label="fraction kept")

@@ -38,7 +38,8 @@ class CorpusConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "CorpusConfig":
-        """The fields of ``params`` that this config has (others are ignored)."""
+        """The fields of ``params`` (a mapping or a notebook's ``P``) that this config has (others are ignored)."""
+        params = params if isinstance(params, dict) else vars(params)
         return cls(**{k: params[k] for k in cls.__dataclass_fields__ if k in params})
 
 

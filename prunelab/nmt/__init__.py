@@ -2,21 +2,26 @@
 
 The API other notebooks use (the OBD/SNIP study reuses the same baseline)::
 
-    from prunelab import nmt, runner
-    P, run = runner.start("NN_x", ...)        # its profile says base = "_nmt"
+    from prunelab import masks, nmt, runner
+    P, run = runner.start("NN_x", ...)        # its profile file starts with base = "_nmt"
     base = nmt.baseline(P)                    # trained once per parameter set, then cached
     model, corpus = base.fresh_copy(), base.corpus   # a copy that is safe to prune in place
     classes = nmt.weight_classes(model)       # See et al.'s classes -> parameter names
-    masks = nmt.prune_masks(model, 0.8, "class-blind")   # or any masks_from_scores(...) output
-    masks_mod.apply_masks_(model, masks)
+    m = nmt.prune_masks(model, 0.8, "class-blind")       # or masks.masks_from_scores(scores, ...)
+    masks.apply_masks_(model, m)
     nmt.perplexity(model, corpus["test"])     # float
     nmt.bleu(model, corpus, "test", beam=P.beam, verbose=True).score
-    nmt.train_(model, corpus, nmt.TrainConfig.from_params(P, lr=P.lr / 10, max_epochs=2), masks=masks)
+    nmt.train_(model, corpus, nmt.TrainConfig.from_params(P, lr=P.lr / 10, max_epochs=2), masks=m)
 
-    # from scratch / at initialisation (SNIP-style scores need a loss on batches):
-    fresh = nmt.build_model(P, corpus, init="kaiming_normal", seed=0)   # see models.INITS
-    batch = next(corpus["train"].batches(64, torch.Generator().manual_seed(0))).to(device)
-    nmt.batch_loss(fresh, batch).backward()
+    # at initialisation (SNIP-style scores need a loss on batches):
+    fresh = nmt.build_model(P, corpus, init="kaiming_normal", seed=0)   # see nmt.INITS
+    batch = next(corpus["train"].batches(64, torch.Generator().manual_seed(0)))
+    nmt.batch_loss(fresh, batch.to(next(fresh.parameters()).device)).backward()
+    base.initial_model()                      # the baseline's own initial weights (uniform +-0.1)
+
+A new notebook sharing the baseline lists ``*nmt.PARAMS`` in its parameters cell (see
+notebooks/src/11_nmt_schemes.py) and passes them to ``runner.start``; the cached checkpoint is
+found as long as `baseline_key` of its parameters equals notebook 10's.
 
 ``P`` is the notebook's parameter namespace (or any mapping) holding the keys of
 ``notebooks/profiles/_nmt.toml``: data (``direction``, ``folder``, ``lowercase``, ``min_freq``,

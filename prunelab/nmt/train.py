@@ -55,7 +55,8 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **changes) -> "TrainConfig":
-        """The fields of ``params`` this config has, updated by ``changes``."""
+        """The fields of ``params`` (a mapping or a notebook's namespace ``P``) this config has, updated by ``changes``."""
+        params = params if isinstance(params, dict) else vars(params)
         fields = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
         return cls(**{**fields, **changes})
 
@@ -106,8 +107,9 @@ def _epoch(model, split, opt, config, pairs, generator, amp, desc, progress) -> 
     total, tokens = torch.zeros((), device=device), 0
     n = math.ceil(len(split) / config.batch_size)
     n = min(n, config.max_steps) if config.max_steps else n
+    # mininterval keeps executed notebooks small: a bar line every 10 s, not every batch.
     for i, batch in enumerate(tqdm(split.batches(config.batch_size, generator), total=n, desc=desc,
-                                   disable=not progress, leave=False)):
+                                   disable=not progress, leave=False, mininterval=10)):
         if i >= n:
             break
         batch = batch.to(device)

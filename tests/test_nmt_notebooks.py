@@ -1,0 +1,78 @@
+"""The NMT notebooks end to end at smoke (papermill), sharing one cached baseline."""
+import tomllib
+
+import pandas as pd
+import pytest
+
+from prunelab import nmt, results, runner
+from nmt_helpers import multi30k_root
+
+STEMS = ("10_nmt_baseline", "11_nmt_schemes", "12_nmt_retrain")
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    root = multi30k_root()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNELAB_RUNS", str(tmp_path_factory.mktemp("runs")))
+        mp.setenv("PRUNELAB_MULTI30K", str(root))
+        runs = {stem: runner.run_notebook(stem, "smoke", progress=False) for stem in STEMS}
+        checkpoints = sorted((results.runs_root() / "checkpoints").glob("nmt-baseline-*.pt"))
+    return runs, checkpoints
+
+
+def test_profiles_share_the_nmt_parameters_and_baseline():
+    common = tomllib.loads((runner.notebooks_dir() / "profiles" / "_nmt.toml").read_text())["common"]
+    assert tuple(common) == nmt.PARAMS
+    for profile in runner.PROFILES:
+        keys = {stem: nmt.baseline_key(runner.resolve(stem, profile)) for stem in STEMS}
+        assert keys["10_nmt_baseline"] == keys["11_nmt_schemes"] == keys["12_nmt_retrain"]
+    assert runner.resolve("10_nmt_baseline", "paper")["device"] == "auto"
+
+
+def test_notebooks_run_at_smoke_and_share_one_checkpoint(smoke_runs):
+    runs, checkpoints = smoke_runs
+    assert all(executed and run.complete for run, executed in runs.values())
+    assert len(checkpoints) == 1  # notebook 10 trained it, 11 and 12 loaded it
+
+
+def test_baseline_tables(smoke_runs):
+    run = smoke_runs[0]["10_nmt_baseline"][0]
+    scores = run.load_table("scores").set_index("metric").value
+    assert 1 < scores["val_perplexity"] < 300 and 0 <= scores["test_bleu_greedy"] <= 100
+    assert scores["prunable_weights"] < scores["parameters"]
+    history = run.load_table("history")
+    assert history.val_ppl.iloc[-1] < history.val_ppl.iloc[0]  # training helped
+    assert run.load_table("bleu_signature").signature[0].startswith("nrefs:1|case:lc")
+    assert (run.path / "figures" / "training_curves.png").is_file()
+
+
+def test_schemes_tables(smoke_runs):
+    run = smoke_runs[0]["11_nmt_schemes"][0]
+    sweep = run.load_table("sweep")
+    assert set(sweep.scheme) == set(run.params["schemes"])
+    assert (sweep.achieved - sweep.sparsity).abs().max() < 1e-3
+    assert sweep.groupby("scheme").test_ppl.apply(lambda s: s.iloc[-1] > s.iloc[0]).all()  # 90% hurts
+    per_class = run.load_table("pruned_per_class")
+    uniform = per_class[per_class.scheme == "class-uniform"].pruned_pct
+    assert uniform.sub(90).abs().max() < 0.5
+    alone = run.load_table("class_alone")
+    assert len(alone) == 8 * len(run.params["class_fractions"])
+    assert (alone.largest_removed > 0).all()
+    for name in ("bleu_ppl_vs_sparsity", "pruned_per_class", "class_alone_ppl_change", "class_alone_vs_magnitude",
+                 "median_bleu_by_scheme", "mask_heatmaps"):
+        assert (run.path / "figures" / f"{name}.png").is_file()
+    claims = pd.read_csv(run.path / "claims.csv")
+    assert set(claims.id) == {"nmt-scheme-order", "nmt-magnitude-beats-random", "nmt-blind-40-free", "nmt-class-importance"}
+    assert set(claims.verdict) == {"inconclusive"}  # the smoke baseline cannot decide
+
+
+def test_retrain_tables(smoke_runs):
+    run = smoke_runs[0]["12_nmt_retrain"][0]
+    table = run.load_table("retrain")
+    assert table.zeros_kept.all()
+    assert set(table.method) == {"baseline", "pruned", "prune+retrain", "random+retrain", "sparse-from-scratch"}
+    ppl = table.pivot_table(index="sparsity", columns="method", values="test_ppl")
+    assert (ppl.loc[0.8, "prune+retrain"] < ppl.loc[0.8, "pruned"])  # retraining recovers perplexity
+    claims = pd.read_csv(run.path / "claims.csv")
+    assert set(claims.id) == {"nmt-retrain-80", "nmt-retrain-beats-scratch"}

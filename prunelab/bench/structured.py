@@ -10,6 +10,7 @@ against the dense model in the same precision and memory format.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch_pruning as tp
@@ -71,7 +72,9 @@ def _models(cfg: BenchConfig) -> dict:
 
 
 def _variants(model, example, cfg: BenchConfig) -> dict[str, tuple[nn.Module, str]]:
-    """name -> (model, mode); mode ``fp32`` or ``bf16-cl`` (bf16 weights, channels_last)."""
+    """name -> (model, mode): ``fp32`` eager, ``frozen`` (CPU: TorchScript trace, freeze,
+    ``optimize_for_inference``, i.e. oneDNN conv+ReLU fusion) or ``bf16-cl`` (CUDA: bf16
+    weights, channels_last)."""
     out = {"dense": (model, "fp32")}
     for f in FRACTIONS:
         out[f"prunelab {f}"] = (prunelab_pruned(model, example, f), "fp32")
@@ -79,15 +82,20 @@ def _variants(model, example, cfg: BenchConfig) -> dict[str, tuple[nn.Module, st
         if cfg.cuda:
             out[f"prunelab-r8 {f}"] = (prunelab_pruned(model, example, f, round_to=8), "fp32")
     if cfg.cuda:
-        for name in list(out):
-            out[name + " bf16-cl"] = (out[name][0], "bf16-cl")
+        out.update({f"{n} bf16-cl": (m, "bf16-cl") for n, (m, _) in list(out.items())})
+    else:  # Torch-Pruning's copies have prunelab's shapes: frozen, they would time the same
+        out.update({f"{n} frozen": (m, "frozen") for n, (m, _) in list(out.items()) if not n.startswith("tp")})
     return out
 
 
-def _prepared(model: nn.Module, mode: str, device: str) -> nn.Module:
-    model = copy.deepcopy(model).to(device).eval()
+def _prepared(model: nn.Module, mode: str, x: torch.Tensor) -> nn.Module:
+    model = copy.deepcopy(model).to(x.device).eval()
     if mode == "bf16-cl":
         model = model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    if mode == "frozen":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
     return model
 
 
@@ -104,7 +112,7 @@ def _latencies(variants, shape, batch, cfg, repeats) -> dict[str, float]:
         x = torch.rand(batch, *shape, device=cfg.device)
         if mode == "bf16-cl":
             x = x.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        fns[name] = _forward(_prepared(model, mode, cfg.device), x)
+        fns[name] = _forward(_prepared(model, mode, x), x)
     return {name: median(ts) for name, ts in time_calls(fns, cfg.device, repeats=repeats, warmup=2).items()}
 
 
@@ -116,6 +124,12 @@ def _entries(case, lat, flop, fractions, cfg) -> list[dict]:
         note = f"FLOPs cut {cut:.2f}x (Torch-Pruning {flop['dense'] / flop[f'tp {f}']:.2f}x); same channel counts: {flop[f'tp {f}'] == flop[f'prunelab {f}']}"
         out.append(entry("4 structured", f"{case}, {f:.0%} filters, fp32", "latency speedup", ours, "Torch-Pruning MetaPruner",
                          theirs, ours / cut, ">= 0.8x FLOP cut" if not cfg.cuda else "", ours / cut >= 0.8 if not cfg.cuda else None, note))
+        if not cfg.cuda:
+            frozen = lat["dense frozen"] / lat[f"prunelab {f} frozen"]
+            out.append(entry("4 structured", f"{case}, {f:.0%} filters, fp32 TorchScript-frozen",
+                             "latency speedup (vs dense frozen)", frozen, "Torch-Pruning MetaPruner (eager)", theirs, frozen / cut,
+                             ">= 0.8x FLOP cut", frozen / cut >= 0.8,
+                             f"vs dense eager: {lat['dense'] / lat[f'prunelab {f} frozen']:.2f}x; FLOPs cut {cut:.2f}x"))
         if cfg.cuda:
             r8 = lat["dense bf16-cl"] / lat[f"prunelab-r8 {f} bf16-cl"]
             tp_cl = lat["dense bf16-cl"] / lat[f"tp {f} bf16-cl"]

@@ -22,8 +22,8 @@ from torch import Tensor
 
 CAP = 1 << 22  # values gathered for the final kthvalue (16 MB of float32)
 SAMPLE = 1 << 18  # strided sample that brackets the k-th value
-CHUNK = {"cpu": 1 << 22, "cuda": 1 << 26}  # least elements per chunk
-SPLIT = 16  # at most ~SPLIT chunks per pass: each op is a parallel region with a fixed cost
+CHUNK = {"cpu": 1 << 20, "cuda": 1 << 26}  # least elements per chunk
+SPLIT = 64  # at most ~SPLIT chunks per pass: each op is a parallel region with a fixed cost
 
 
 @dataclass(frozen=True)

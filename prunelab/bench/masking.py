@@ -67,6 +67,31 @@ def _undo_torch(model, names):
         prune.remove(modules[n.rpartition(".")[0]], n.rpartition(".")[2])
 
 
+def _once(method: str, model, names: list[str], scores, sparsity: float, device: str) -> tuple[list, float, int]:
+    """One masking call: (bool masks in ``names`` order, seconds, extra peak bytes)."""
+    with PeakMemory(device) as peak:
+        sync(device)
+        start = time.perf_counter()
+        if method == "prunelab":
+            found = _prunelab(model, names, sparsity)
+        elif method == "prunelab-masks":
+            found = _prunelab_masks_only(scores, sparsity, names)
+        else:
+            found = _torch(model, names, sparsity)
+        sync(device)
+        seconds = time.perf_counter() - start
+    return [m.bool() for m in found], seconds, peak.extra
+
+
+@torch.no_grad()
+def _restore_(model, names: list[str], original: dict, method: str) -> None:
+    if method == "torch.prune":
+        _undo_torch(model, names)
+    current = dict(model.named_parameters())
+    for n in names:
+        current[n].copy_(original[n])
+
+
 def measure(method: str, size: str, sparsity: float, device: str, repeats: int, save: str = "") -> dict:
     """Seconds (median over ``repeats``), extra peak bytes (first call) and a digest of the masks.
 
@@ -77,37 +102,21 @@ def measure(method: str, size: str, sparsity: float, device: str, repeats: int, 
         measure(method, "tiny", sparsity, device, 1)
     model = nmt_model(size, device)
     names = prunable(model)
-    params = dict(model.named_parameters())
-    original = {n: params[n].detach().clone() for n in names} if repeats > 1 else None
+    original = {n: p.detach().clone() for n, p in model.named_parameters() if n in names} if repeats > 1 else {}
     scores = magnitude(model, names) if method == "prunelab-masks" else None
-    times, extra, found = [], None, None
-    for _ in range(repeats):
-        with PeakMemory(device) as peak:
-            sync(device)
-            start = time.perf_counter()
-            if method == "prunelab":
-                found = _prunelab(model, names, sparsity)
-            elif method == "prunelab-masks":
-                found = _prunelab_masks_only(scores, sparsity, names)
-            else:
-                found = _torch(model, names, sparsity)
-            sync(device)
-            times.append(time.perf_counter() - start)
-        extra = peak.extra if extra is None else extra
-        found = [m.bool() for m in found]
-        if method == "torch.prune":
-            _undo_torch(model, names)
-        if original is not None:
-            with torch.no_grad():
-                current = dict(model.named_parameters())
-                for n in names:
-                    current[n].copy_(original[n])
-    weights = sum(params[n].numel() for n in names)
+    times, extras = [], []
+    for i in range(repeats):
+        if i:
+            _restore_(model, names, original, method)
+        found, seconds, extra = _once(method, model, names, scores, sparsity, device)
+        times.append(seconds)
+        extras.append(extra)
+    weights = sum(m.numel() for m in found)
     if save:
         np.save(save, np.packbits(torch.cat([m.flatten().cpu() for m in found]).numpy()))
-    return dict(method=method, size=size, seconds=sorted(times)[len(times) // 2], extra_bytes=extra,
+    return dict(method=method, size=size, seconds=sorted(times)[len(times) // 2], extra_bytes=extras[0],
                 weight_bytes=weights * 4, weights=weights, pruned=int(sum(int((~m).sum()) for m in found)),
-                digest=_digest(found), ties=_threshold_ties(magnitude(model, names), found) if method == "prunelab-masks" else None)
+                digest=_digest(found), ties=_threshold_ties(scores, found) if scores is not None else None)
 
 
 def _threshold_ties(scores: dict, found: list[torch.Tensor]) -> int:

@@ -1,4 +1,4 @@
-"""``prunelab`` command line: run, list, report."""
+"""``prunelab`` command line: run, list, report, bench."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from prunelab import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench.parse_rows(args.rows)
+    cfg = bench.BenchConfig(quick=args.quick, device=args.device)
+    print(f"[bench] {bench.describe()}", flush=True)
+    bench.run(rows, cfg, Path(args.output) if args.output else None, [Path(r) for r in args.runs] or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
     rep.add_argument("--output", help="where to write the page (default: <runs>/REPORT.md)")
     rep.set_defaults(func=cmd_report)
+    ben = sub.add_parser("bench", help="time prunelab against torch.nn.utils.prune and Torch-Pruning; one table of ratios")
+    ben.add_argument("--quick", action="store_true", help="smaller models: a few minutes on a laptop CPU")
+    ben.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ben.add_argument("--rows", default="1,2,3,4,5", help="comma-separated rows: 1 masking, 2 masked step, "
+                     "3 saliency, 4 structured latency, 5 suite wall time")
+    ben.add_argument("--output", help="CSV path (default: <runs>/bench/bench-<device>[-quick].csv)")
+    ben.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ben.add_argument("--runs", action="append", default=[], help="runs folder(s) with recorded default/paper runs (row 5)")
+    ben.set_defaults(func=cmd_bench)
     return parser
 
 

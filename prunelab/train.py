@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -40,10 +41,24 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | 
         yield x[idx], y[idx]
 
 
+def autocast(device: torch.device | str, amp: bool):
+    """bf16 autocast on ``device`` when ``amp``; a no-op otherwise (fp32, the default results).
+
+    >>> with autocast("cpu", False):
+    ...     pass
+    """
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+
 def train_classifier_(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, batch_size: int = 64,
                       masks: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None,
-                      weight_decay: float = 0.0, progress: bool = False) -> list[dict]:
+                      weight_decay: float = 0.0, progress: bool = False, amp: bool = False) -> list[dict]:
     """Train with Adam and cross-entropy; with ``masks``, pruned weights stay exactly zero.
+
+    ``amp`` runs forward and loss under bf16 autocast (weights, gradients and optimizer stay
+    fp32, so masks hold exactly); off by default, which keeps fp32 results bit for bit.
+    The loss is summed on the device: one host read per epoch, none per batch.
 
     Returns one dict per epoch: epoch, loss (mean over batches), seconds.
     """
@@ -57,10 +72,11 @@ def train_classifier_(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr
         start, total, count = time.perf_counter(), torch.zeros((), device=x.device), 0
         for xb, yb in batches(x, y, batch_size, generator):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            with autocast(x.device, amp):
+                loss = loss_fn(model(xb), yb)
             loss.backward()
             masked_step_(opt, pairs)
-            total += loss.detach()
+            total += loss.detach().float()
             count += 1
         history.append(dict(epoch=epoch + 1, loss=float(total) / count, seconds=time.perf_counter() - start))
     model.eval()

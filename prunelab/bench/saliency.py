@@ -1,0 +1,91 @@
+"""Row 3: cost of each saliency as a multiple of one plain forward+backward over the same batches.
+
+Taylor (per filter, Molchanov et al. 2017) runs on the small AlexNet; SNIP, the empirical
+Fisher and Hutchinson on the NMT seq2seq (where the OBD/SNIP study uses them).  The plain pass
+is ``loss.backward()`` in eval mode over the same batches.  Calls are interleaved round-robin.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunelab.bench.common import BenchConfig, entry, median, paired_ratio, time_calls
+from prunelab.bench.training import synthetic_batch
+from prunelab.criteria import second_order
+from prunelab.criteria.filters import taylor
+from prunelab.models.cnn import alexnet_small
+from prunelab.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from prunelab.nmt.train import batch_loss
+from prunelab.removal import filter_layers
+
+
+def _plain(model, batches, loss_fn):
+    def run():
+        model.eval()
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+    return run
+
+
+def _taylor_rows(cfg: BenchConfig, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    b, n = (256, 4) if cfg.cuda else ((32, 2) if cfg.quick else (64, 4))
+    model = alexnet_small().to(cfg.device)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(b, 1, 32, 32, generator=g).to(cfg.device), torch.randint(0, 10, (b,), generator=g).to(cfg.device))
+               for _ in range(n)]
+    layers = filter_layers(model, batches[0][0])
+    ce = nn.CrossEntropyLoss(reduction="sum")
+    t = time_calls(dict(plain=_plain(model, batches, lambda m, xy: ce(m(xy[0]), xy[1])),
+                        taylor=lambda: taylor(model, batches=batches, layers=layers),
+                        taylor_graph=lambda: taylor(model, batches=batches)), cfg.device, repeats=repeats)
+    case = f"alexnet_small 1x32x32, {n} batches of {b}"
+    plain = median(t["plain"])
+    return [entry("3 saliency", case, "Taylor (filters) / forward+backward", paired_ratio(t, "taylor", "plain"), "", None, None,
+                  "<= 1.10", paired_ratio(t, "taylor", "plain") <= 1.10, f"plain pass {plain * 1e3:.3g} ms; layers traced once"),
+            entry("3 saliency", case, "Taylor incl. dependency-graph trace / forward+backward",
+                  paired_ratio(t, "taylor_graph", "plain"), "", None, None, "", None,
+                  "taylor(..., layers=None) traces Torch-Pruning's graph on every call")]
+
+
+def _nmt(cfg: BenchConfig):
+    s = dict(vocab=20_000, layers=2, hidden=500, batch=32, length=20) if cfg.cuda else (
+        dict(vocab=2_000, layers=2, hidden=128, batch=16, length=10) if cfg.quick else
+        dict(vocab=10_000, layers=2, hidden=256, batch=32, length=15))
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(s["vocab"], s["vocab"], layers=s["layers"], emb_size=s["hidden"], hidden=s["hidden"], dropout=0.0)
+    model = Seq2Seq(config).to(cfg.device)
+    batches = [synthetic_batch(s["vocab"], s["batch"], s["length"], cfg.device) for _ in range(2)]
+    return model, batches, f"seq2seq {s['layers']}x{s['hidden']}, {s['vocab'] // 1000}k vocab, 2 batches of {s['batch']}x{s['length']}"
+
+
+def _second_order_rows(cfg: BenchConfig, repeats: int, probes: int = 4) -> list[dict]:
+    model, batches, case = _nmt(cfg)
+    fisher_batches = [batches[0]]  # per-example gradients: one batch is enough to see the cost
+    fns = dict(plain=_plain(model, batches, batch_loss),
+               snip=lambda: second_order.snip_saliency(model, loss_fn=batch_loss, batches=batches),
+               hutchinson=lambda: second_order.hessian_diagonal(model, loss_fn=batch_loss, batches=batches,
+                                                                estimator="hutchinson", probes=probes),
+               plain1=_plain(model, fisher_batches, batch_loss),
+               fisher=lambda: second_order.hessian_diagonal(model, loss_fn=batch_loss, batches=fisher_batches,
+                                                            estimator="fisher"))
+    t = time_calls(fns, cfg.device, repeats=repeats)
+    cost = second_order.hutchinson_cost(model, loss_fn=batch_loss, batch=batches[0], probes=probes, repeats=repeats)
+    snip = paired_ratio(t, "snip", "plain")
+    hutch_total = paired_ratio(t, "hutchinson", "plain")
+    fisher = paired_ratio(t, "fisher", "plain1")
+    info = second_order.hessian_diagonal(model, loss_fn=batch_loss, batches=fisher_batches, estimator="fisher")[1]
+    return [
+        entry("3 saliency", case, "SNIP / forward+backward", snip, "", None, None, "", None, "one gradient per batch"),
+        entry("3 saliency", case, "empirical Fisher / forward+backward", fisher, "", None, None, "", None,
+              f"per-example gradients via {info['per_example']} ({info['examples']} examples)"),
+        entry("3 saliency", case, "Hutchinson per probe / forward+backward", cost["ratio"], "", None, None, "<= 2.5",
+              cost["ratio"] <= 2.5, f"hutchinson_cost, {probes} probes, shared first backward excluded; "
+              f"whole estimate with {probes} probes = {hutch_total:.3g}x ({hutch_total / probes:.3g}x per probe)"),
+    ]
+
+
+def rows(cfg: BenchConfig) -> list[dict]:
+    repeats = 3 if cfg.quick or cfg.cuda else 5
+    return _taylor_rows(cfg, repeats) + _second_order_rows(cfg, repeats)

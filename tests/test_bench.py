@@ -1,0 +1,73 @@
+"""The benchmark plumbing (cheap parts only; the measurements themselves are not tests)."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from prunelab import bench
+from prunelab.bench import common, structured, suite
+from prunelab.cli import main
+
+
+def test_parse_rows_and_errors():
+    assert bench.parse_rows("5, 1,1") == [1, 5]
+    with pytest.raises(ValueError, match="subset of 1, 2, 3, 4, 5"):
+        bench.parse_rows("0,2")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        common.BenchConfig(device="tpu")
+    assert main(["bench", "--rows", "x"]) == 1
+
+
+def test_kept_filters_rounding():
+    assert [structured.kept_filters(64, f) for f in (0.25, 0.5, 0.75)] == [48, 32, 16]
+    assert structured.kept_filters(100, 0.5, round_to=8) == 48
+    assert structured.kept_filters(10, 0.9, round_to=8) == 8
+
+
+def test_prunelab_and_torch_pruning_agree_on_channel_counts():
+    from prunelab.models.cnn import alexnet_small
+
+    net = alexnet_small().eval()
+    example = torch.zeros(1, 1, 32, 32)
+    ours = structured.prunelab_pruned(net, example, 0.5)
+    theirs = structured.tp_pruned(net, example, 0.5)
+    assert structured._convs(ours) == structured._convs(theirs) == [16, 32, 48, 48, 32]
+    assert structured._convs(net) == [32, 64, 96, 96, 64]  # the original is untouched
+    assert ours(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_peak_memory_sees_an_allocation():
+    with common.PeakMemory("cpu") as peak:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert peak.extra >= 48 * 2**20
+
+
+def test_paired_ratio_and_time_calls():
+    t = common.time_calls({"a": lambda: None, "b": lambda: sum(range(20000))}, "cpu", repeats=3)
+    assert len(t["a"]) == 3 and common.paired_ratio(t, "b", "a") > 1.0
+
+
+def test_recorded_suite_durations(tmp_path):
+    def fake(nb, h, profile, seconds, complete=True):
+        d = tmp_path / nb / h
+        d.mkdir(parents=True)
+        meta = {"metadata": {"papermill": {"duration": seconds, "parameters": {"profile": profile}}}}
+        (d / f"{nb}.ipynb").write_text(json.dumps(meta))
+        if complete:
+            (d / "complete.json").write_text("{}")
+    fake("00_tour", "a", "default", 12.5)
+    fake("10_nmt_baseline", "b", "default", 100.0)
+    fake("10_nmt_baseline", "c", "paper", 50.0, complete=False)
+    got = suite.recorded([tmp_path], "default")
+    assert {k: v[0] for k, v in got.items()} == {"00_tour": 12.5, "10_nmt_baseline": 100.0}
+    assert suite.recorded([tmp_path], "paper") == {}
+
+
+def test_format_table_footnotes():
+    table = pd.DataFrame([common.entry("1 masking", "x", "seconds", 0.5, "torch", 5.0, 10.0, ">= 5x", True, "a note")],
+                         columns=common.COLUMNS)
+    text = bench.format_table(table)
+    assert "| 1 masking | x [1] | seconds | 0.5 | torch | 5 | 10 | >= 5x | yes |" in text
+    assert text.endswith("[1] a note")

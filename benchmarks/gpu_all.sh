@@ -13,7 +13,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-mkdir -p /tmp/bin && ln -sf "$(command -v python3)" /tmp/bin/python && export PATH=/tmp/bin:$PATH
+# `python` runs the interpreter that holds torch (a wrapper: a symlink would lose its venv).
+PY=$(python3 -c "import sys; print(sys.executable)")
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$PY" > /tmp/bin/python && chmod +x /tmp/bin/python
+export PATH=/tmp/bin:$PATH
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export PRUNELAB_RUNS=/tmp/prunelab-runs PRUNELAB_MULTI30K="$PWD/.devcopy/multi30k"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
@@ -23,5 +26,5 @@ timeout "${T_TESTS:-90}" python -m pytest -m cuda -q -p no:cacheprovider -o addo
 timeout "${T_BENCH:-150}" python -m prunelab.cli bench --device cuda --rows 1,2,3,4 --output "$OUT/bench-cuda.csv" > "$OUT/bench-cuda.log" 2>&1
 timeout "${T_CNN:-60}" python benchmarks/gpu_cnn.py --batch 256 --size 224 --repeats 20 > "$OUT/cnn-latency.txt" 2>&1
 MAX_EPOCHS="${NMT_EPOCHS:-12}" AMP="${NMT_AMP:-1}" timeout "${T_NMT:-240}" bash benchmarks/gpu_nmt.sh > "$OUT/nmt-paper.txt" 2>&1
-tail -5 "$OUT"/*.txt "$OUT"/*.log
+for f in "$OUT"/*.txt "$OUT"/*.log; do echo "== $f"; tail -n 8 "$f"; done
 exit 0

@@ -159,20 +159,37 @@ def publish_figures(run: results.Run) -> list[Path]:
     return copied
 
 
-def report(root: Path | None = None) -> str:
-    """Markdown page of every claim checked by a complete run, with each run's figures."""
+def _figure_link(fig: Path, run_hash: str, profile: str, where: Path) -> str:
+    """Link to the published copy of a run's figure when ``figures/<profile>/`` holds it, else to the run's."""
+    published = results.project_root() / "figures" / profile
+    manifest = published / "MANIFEST.json"
+    name = f"{fig.parent.parent.parent.name}--{fig.name}"
+    if manifest.exists() and json.loads(manifest.read_text()).get(name, {}).get("params_hash") == run_hash:
+        fig = published / name
+    return Path(os.path.relpath(fig, where)).as_posix()
+
+
+def report(root: Path | None = None, where: Path | None = None, profile: str | None = None) -> str:
+    """Markdown page of every claim checked by a complete run (of ``profile``), with each run's figures.
+
+    Figure links are relative to ``where`` (the folder the page is written to; default ``root``).
+    """
     root = root or results.runs_root()
+    where = where or root
     claims = results.collect_claims(root)
-    lines = ["# prunelab report", "", f"Runs under `{root}`.", ""]
+    if profile:
+        claims = claims[claims.profile == check_profile(profile)]
+    lines = ["# prunelab report", "", f"Claims checked by the complete runs under `{root}`"
+             + (f", profile `{profile}`." if profile else "."), ""]
     if claims.empty:
         lines.append("No claims recorded yet: run `prunelab run` first.")
-    for (notebook, profile, run_hash), group in claims.groupby(["notebook", "profile", "params_hash"], sort=True):
-        lines += [f"## {notebook} (profile {profile}, run {run_hash})", "",
-                  "| claim | statement | metric | measured | verdict |", "| --- | --- | --- | --- | --- |"]
+    for (notebook, run_profile, run_hash), group in claims.groupby(["notebook", "profile", "params_hash"], sort=True):
+        lines += [f"## {notebook} (profile {run_profile}, run {run_hash})", "",
+                  "| claim | statement | metric | measured | verdict | detail |", "| --- | --- | --- | --- | --- | --- |"]
         for row in group.itertuples():
-            lines.append(f"| {row.id} | {row.statement} | {row.metric} | {row.value} | **{row.verdict}** |")
+            lines.append(f"| {row.id} | {row.statement} | {row.metric} | {row.value} | **{row.verdict}** | {row.detail} |")
         lines.append("")
         for fig in sorted((root / notebook / run_hash / "figures").glob("*.png")):
-            lines.append(f"![{fig.stem}]({fig.relative_to(root).as_posix()})")
+            lines.append(f"![{fig.stem}]({_figure_link(fig, run_hash, run_profile, where)})")
         lines.append("")
     return "\n".join(lines)

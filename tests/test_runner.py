@@ -122,3 +122,22 @@ def test_failing_notebook_names_the_cell(runs, tmp_path, monkeypatch):
     assert not (run_path / "01_broken.ipynb").exists() and not (run_path / "complete.json").exists()
     monkeypatch.setattr(runner, "notebooks", lambda: ["01_broken"])
     assert cli.main(["run", "01_broken", "--profile", "smoke", "--quiet"]) == 1
+
+
+def test_report_links_published_figures_and_filters_profile(runs, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    monkeypatch.setattr(results, "project_root", lambda: project)
+    for profile in ("default", "smoke"):
+        run = results.open_run("07_demo", {"profile": profile})
+        run.record_claim("demo", "s", "m", 1, "reproduced", detail="why")
+        (run.path / "figures").mkdir()
+        (run.path / "figures" / "curve.png").write_bytes(b"png")
+        run.finish()
+        if profile == "default":
+            runner.publish_figures(run)
+            published_hash = run.hash
+    page = runner.report(runs, where=project / "docs", profile="default")
+    assert "../figures/default/07_demo--curve.png" in page and f"run {published_hash}" in page
+    assert "profile smoke" not in page and "| why |" in page
+    with pytest.raises(ValueError, match="'huge'"):
+        runner.report(runs, profile="huge")

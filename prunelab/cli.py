@@ -43,7 +43,7 @@ def cmd_list(args) -> int:
 def cmd_report(args) -> int:
     root = Path(args.runs) if args.runs else results.runs_root()
     out = Path(args.output) if args.output else root / "REPORT.md"
-    text = runner.report(root, out.resolve().parent, args.profile)
+    text = runner.report(root, out.resolve().parent, args.profile, args.latest)
     results.write_text(out, text)
     print(text)
     print(f"\nwritten to {out}", file=sys.stderr)
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
     rep.add_argument("--output", help="where to write the page (default: <runs>/REPORT.md)")
     rep.add_argument("--profile", help="only the runs of this profile")
+    rep.add_argument("--latest", action="store_true", help="only the last finished run of each notebook")
     rep.set_defaults(func=cmd_report)
     ben = sub.add_parser("bench", help="time prunelab against torch.nn.utils.prune and Torch-Pruning; one table of ratios")
     ben.add_argument("--quick", action="store_true", help="smaller models: a few minutes on a laptop CPU")

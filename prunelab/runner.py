@@ -169,16 +169,21 @@ def _figure_link(fig: Path, run_hash: str, profile: str, where: Path) -> str:
     return Path(os.path.relpath(fig, where)).as_posix()
 
 
-def report(root: Path | None = None, where: Path | None = None, profile: str | None = None) -> str:
+def report(root: Path | None = None, where: Path | None = None, profile: str | None = None, latest: bool = False) -> str:
     """Markdown page of every claim checked by a complete run (of ``profile``), with each run's figures.
 
     Figure links are relative to ``where`` (the folder the page is written to; default ``root``).
+    ``latest`` keeps only the most recently finished run of each notebook and profile.
     """
     root = root or results.runs_root()
     where = where or root
     claims = results.collect_claims(root)
     if profile:
         claims = claims[claims.profile == check_profile(profile)]
+    if latest and not claims.empty:
+        finished = claims.apply(lambda r: (root / r.notebook / r.params_hash / "complete.json").stat().st_mtime, axis=1)
+        newest = claims.assign(finished=finished).groupby(["notebook", "profile"]).finished.transform("max")
+        claims = claims[finished == newest]
     lines = ["# prunelab report", "", f"Claims checked by the complete runs under `{root}`"
              + (f", profile `{profile}`." if profile else "."), ""]
     if claims.empty:

@@ -141,3 +141,11 @@ def test_report_links_published_figures_and_filters_profile(runs, tmp_path, monk
     assert "profile smoke" not in page and "| why |" in page
     with pytest.raises(ValueError, match="'huge'"):
         runner.report(runs, profile="huge")
+    import os
+    newer = results.open_run("07_demo", {"profile": "default", "x": 2})
+    newer.record_claim("demo", "s", "m", 2, "not reproduced")
+    newer.finish()
+    os.utime(newer.path / "complete.json", (2e9, 2e9))
+    assert f"run {published_hash}" in runner.report(runs, profile="default")
+    latest = runner.report(runs, profile="default", latest=True)
+    assert f"run {newer.hash}" in latest and f"run {published_hash}" not in latest

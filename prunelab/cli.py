@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
         runner.resolve(name, args.profile, overrides)  # bad parameters fail before anything runs
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} (profile {args.profile})", flush=True)
-        run, executed = runner.run_notebook(name, args.profile, overrides, force=args.force, progress=not args.quiet)
+        run, executed = runner.run_notebook(name, args.profile, overrides, force=args.force, progress=not args.quiet,
+                                            fresh=args.fresh)
         print(f"    {'done' if executed else 'skipped, complete (use --force to rerun)'}: {run.path}", flush=True)
     return 0
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="default", help=f"one of {', '.join(runner.PROFILES)}")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     run.add_argument("--force", action="store_true", help="rerun even if the run folder is complete")
+    run.add_argument("--fresh", action="store_true", help="rerun and recompute the cached grid points too")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="show the notebooks and their parameters")

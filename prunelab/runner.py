@@ -104,10 +104,11 @@ def start(notebook: str, profile: str = "", run_dir: str = "", **overrides) -> t
 
 
 def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None = None, force: bool = False,
-                 progress: bool = True) -> tuple[results.Run, bool]:
+                 progress: bool = True, fresh: bool = False) -> tuple[results.Run, bool]:
     """Execute ``notebook`` with papermill into its run folder; returns (run, executed).
 
-    A complete run is skipped unless ``force``.  On failure the partly executed notebook is
+    A complete run is skipped unless ``force``; a forced run still reuses the grid points cached
+    in the run folder (`Run.memo`) unless ``fresh`` (implies ``force``) drops them first.  On failure the partly executed notebook is
     kept as ``<name>.failed.ipynb`` and a RuntimeError names the failing cell.
     """
     import papermill
@@ -115,10 +116,11 @@ def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None =
     params = resolve(notebook, profile, overrides)
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
     run = results.Run(path=path, notebook=notebook, params=params)
-    if run.complete and not force:
+    if run.complete and not (force or fresh):
         return run, False
-    if force:
-        (path / "complete.json").unlink(missing_ok=True)
+    (path / "complete.json").unlink(missing_ok=True)
+    if fresh:
+        shutil.rmtree(path / "cache", ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     out = path / f"{notebook}.ipynb"
     failed = path / f"{notebook}.failed.ipynb"

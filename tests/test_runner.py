@@ -1,6 +1,5 @@
 """Profiles, the papermill runner, the CLI, and the tour notebook end to end at smoke."""
 import json
-import shutil
 
 import nbformat
 import pandas as pd
@@ -88,9 +87,9 @@ def test_tour_runs_skips_and_reproduces(runs, capsys):
     assert not executed and again.path == run.path
 
     figure = (run.path / "figures" / "accuracy_vs_sparsity.png").read_bytes()
-    shutil.rmtree(run.path / "cache")
-    forced, executed = runner.run_notebook("00_tour", "smoke", force=True, progress=False)
-    assert executed
+    (run.path / "cache" / "marker.json").write_text("{}")
+    forced, executed = runner.run_notebook("00_tour", "smoke", fresh=True, progress=False)
+    assert executed and not (run.path / "cache" / "marker.json").exists()  # fresh recomputed every point
     pd.testing.assert_frame_equal(forced.load_table("accuracy"), table)  # same seed, same numbers
     assert (run.path / "figures" / "accuracy_vs_sparsity.png").read_bytes() == figure
 

@@ -202,16 +202,21 @@ run.save_figure(fig, "bleu_vs_saliency_data")
 # "Materially": the spread of the mean BLEU over inits exceeds 1 BLEU and twice the largest
 # seed range (max - min over seeds) of any init. "Best": the init with the highest mean BLEU is
 # a Kaiming or Xavier init and beats uniform by more than the seed ranges of both. BLEU-based
-# claims are inconclusive when the dense baseline is below `claims_min_bleu`.
+# claims are inconclusive when the dense baseline, or the best of the SNIP models compared, is
+# below `claims_min_bleu`: at that floor BLEU cannot rank them (the detail column then gives
+# the test perplexities, which still separate them).
 
 # %%
 spread = summary["mean"].max() - summary["mean"].min()
 noise = (summary["max"] - summary["min"]).max() if len(P.seeds) > 1 else float("nan")
-weak = dense["bleu"] < P.claims_min_bleu  # too weak a baseline to judge BLEU differences on
+init_ppl = by_init.groupby("init").ppl.mean()
+weak = dense["bleu"] < P.claims_min_bleu or summary["mean"].max() < P.claims_min_bleu
+floor_note = (f"; BLEU floor: best mean SNIP BLEU {summary['mean'].max():.2f} < {P.claims_min_bleu}; mean test perplexity "
+              + ", ".join(f"{i} {v:.0f}" for i, v in init_ppl.items())) if weak else ""
 matters = None if math.isnan(noise) or weak else bool(spread > max(1.0, 2 * noise))
 run.record_claim("snip-init-matters", "The initialisation used for scoring and training changes SNIP's BLEU materially",
                  "max - min over inits of mean test BLEU (noise: largest seed range)", f"{spread:.2f}", verdict(matters),
-                 f"seed range {noise:.2f}; " + ", ".join(f"{i} {v:.2f}" for i, v in summary["mean"].items()))
+                 f"seed range {noise:.2f}; " + ", ".join(f"{i} {v:.2f}" for i, v in summary["mean"].items()) + floor_note)
 best_init = summary["mean"].idxmax()
 if "uniform" in summary.index and len(summary) > 1 and not math.isnan(noise) and not weak:
     rng = summary["max"] - summary["min"]
@@ -221,7 +226,7 @@ else:
     lead, best_vs = float("nan"), None
 run.record_claim("snip-variance-scaled-best", "Variance-scaled initialisations (Kaiming, Xavier) give SNIP its best results",
                  "mean BLEU of the best init minus uniform's (holds if the best is variance-scaled and leads by more than the seed ranges)",
-                 f"{lead:.2f}", verdict(best_vs), f"best init {best_init}")
+                 f"{lead:.2f}", verdict(best_vs), f"best init {best_init}" + floor_note)
 
 # %% [markdown]
 # ## Claim 2: about 1/20 of the data is within noise of the most data
@@ -234,7 +239,8 @@ b0 = P.saliency_batch_size if P.saliency_batch_size in P.data_batch_sizes else P
 part = by_data[by_data.batch_size == b0]
 most = part.fraction.max()
 a, z = part[part.fraction == P.claim_fraction].bleu, part[part.fraction == most].bleu
-if len(P.data_seeds) > 1 and len(a) and len(z) and P.claim_fraction != most and not weak:
+data_weak = dense["bleu"] < P.claims_min_bleu or max(a.mean(), z.mean()) < P.claims_min_bleu
+if len(P.data_seeds) > 1 and len(a) and len(z) and P.claim_fraction != most and not data_weak:
     gap = abs(a.mean() - z.mean())
     noise = max(a.max() - a.min(), z.max() - z.min())
     holds = bool(gap <= noise)
@@ -242,8 +248,11 @@ else:
     gap, noise, holds = float("nan"), float("nan"), None
 run.record_claim("snip-1-20-of-data-enough", "Saliency from about 1/20 of the training data is within noise of saliency from all of it",
                  f"|mean BLEU(fraction {P.claim_fraction}) - mean BLEU(fraction {most})| at batch size {b0}",
-                 f"{gap:.2f}", verdict(holds), f"noise (largest seed range) {noise:.2f}; {len(P.data_seeds)} seeds; "
+                 f"{gap:.2f}", verdict(holds), (f"noise (largest seed range) {noise:.2f}; {len(P.data_seeds)} seeds; "
                  f"largest fraction tried {most} (not the whole set)" if most < 1 else f"noise {noise:.2f}")
+                 + (f"; BLEU floor: mean BLEU {a.mean():.2f} vs {z.mean():.2f} < {P.claims_min_bleu}; mean test perplexity "
+                    f"{part[part.fraction == P.claim_fraction].ppl.mean():.0f} vs {part[part.fraction == most].ppl.mean():.0f}"
+                    if data_weak else ""))
 
 # %%
 run.finish()

@@ -139,6 +139,9 @@ def prune_iteratively(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfi
         plan = plan_from_scores(scores, min(cfg.filters_per_step, capacity), cfg.min_filters)
         remove_filters_(model, plan, example, cfg.min_filters)
         before = metrics.accuracy(model, data["x_test"], data["y_test"])
+        # Dropout draws from the global RNG: reseed it per level so that a level's fine-tuning
+        # does not depend on what else drew from it before (the run was not reproducible otherwise).
+        torch.manual_seed(cfg.seed + len(levels))
         epoch_s = _finetune_(model, data, cfg, gen)
         layers, level = filter_layers(model, example), len(levels)
         levels.append(dict(level=level, criterion=cfg.criterion, removed=levels[-1]["removed"] + sum(map(len, plan.values())),

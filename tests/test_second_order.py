@@ -109,6 +109,46 @@ def test_exact_matches_autograd_hessian_on_tiny_mlp_and_hutchinson_converges():
     assert errs[0] > 1.0 and errs[2] < 0.25  # off-diagonal mass is large here: error ~ 1/sqrt(probes)
 
 
+def test_central_difference_hutchinson_matches_the_double_backward_one():
+    # Same probes, so the two estimates differ only by the O(eps^2) finite-difference error.
+    model = tiny_mlp()
+    batches = [data(), data(seed=2)]
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    est = {hvp: hessian_diagonal(model, loss_fn=ce_loss, batches=batches, estimator="hutchinson", probes=8, hvp=hvp,
+                                 generator=torch.Generator().manual_seed(5)) for hvp in ("autograd", "central")}
+    assert est["central"][1] == dict(examples=32, batches=2, probes=8, hvp="central")
+    assert rel_err(est["central"][0], est["autograd"][0]) < 1e-6
+    assert rel_err(est["central"][0], est["autograd"][0]) > 0  # really a different computation
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())  # put back bit for bit
+    coarse = hessian_diagonal(model, loss_fn=ce_loss, batches=batches, estimator="hutchinson", probes=8, hvp="central",
+                              step=0.5, generator=torch.Generator().manual_seed(5))[0]
+    assert rel_err(coarse, est["autograd"][0]) > 100 * rel_err(est["central"][0], est["autograd"][0])
+
+
+def test_central_difference_puts_the_weights_back_when_the_loss_raises():
+    model = tiny_mlp()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    calls = []
+
+    def flaky(m, b):
+        calls.append(1)
+        if len(calls) == 2:  # the second gradient, taken with the weights moved to w - eps z
+            raise RuntimeError("interrupted")
+        return ce_loss(m, b)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        hessian_diagonal(model, loss_fn=flaky, batches=[data()], estimator="hutchinson", probes=2, hvp="central")
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+
+
+def test_rademacher_probes_are_balanced_signs():
+    from prunelab.criteria.second_order import _rademacher
+    z = _rademacher(torch.empty(1001, 3), torch.Generator().manual_seed(0))
+    assert z.shape == (1001, 3) and set(z.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(z.mean())) < 0.05
+    again = _rademacher(torch.empty(1001, 3), torch.Generator().manual_seed(0))
+    assert torch.equal(z, again)
+
+
 def test_exact_weights_batches_by_examples():
     model = tiny_mlp()
     x, y = data(n=10)
@@ -287,6 +327,10 @@ def test_bad_input_errors_name_the_value_and_the_choices():
         hessian_diagonal(model, loss_fn=ce_loss, batches=[batch], estimator="bogus")
     with pytest.raises(ValueError, match=r"probes=0"):
         obd_saliency(model, loss_fn=ce_loss, batches=[batch], estimator="hutchinson", probes=0)
+    with pytest.raises(ValueError, match=r"hvp='forward'.*autograd, central"):
+        obd_saliency(model, loss_fn=ce_loss, batches=[batch], estimator="hutchinson", hvp="forward")
+    with pytest.raises(ValueError, match=r"step=0.*positive finite"):
+        obd_saliency(model, loss_fn=ce_loss, batches=[batch], estimator="hutchinson", hvp="central", step=0)
     with pytest.raises(ValueError, match=r"no batch"):
         obd_saliency(model, loss_fn=ce_loss, batches=[])
     with pytest.raises(ValueError, match=r"no batch"):

@@ -37,6 +37,24 @@ def test_prunelab_and_torch_pruning_agree_on_channel_counts():
     assert ours(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 
 
+def test_layer_profile_splits_flops_and_time_by_layer_kind():
+    from prunelab.metrics import flops
+    from prunelab.models.cnn import alexnet_small
+
+    net = alexnet_small().eval()
+    x = torch.zeros(2, 1, 32, 32)
+    dense = structured.layer_profile(net, x, repeats=1)
+    assert set(dense) == {"conv", "linear", "other"}
+    assert sum(count for _, count in dense.values()) == flops(net, x)
+    assert dense["other"][1] == 0 and all(seconds > 0 for seconds, _ in dense.values())
+    pruned = structured.layer_profile(structured.prunelab_pruned(net, x[:1], 0.5), x, repeats=1)
+    # Halving every conv's filters cuts the convs' FLOPs about 4x (in and out channels) but the
+    # linear layers' only through the first one's input.
+    assert 3 < dense["conv"][1] / pruned["conv"][1] <= 4
+    assert 1 < dense["linear"][1] / pruned["linear"][1] < 2
+    assert not any(h for m in net.modules() for h in (m._forward_hooks, m._forward_pre_hooks))  # hooks removed
+
+
 def test_peak_memory_sees_an_allocation():
     with common.PeakMemory("cpu") as peak:
         x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched

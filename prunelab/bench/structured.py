@@ -10,13 +10,15 @@ against the dense model in the same precision and memory format.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
+from collections import defaultdict
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from prunelab.bench.common import BenchConfig, entry, median, time_calls
+from prunelab.bench.common import BenchConfig, entry, median, sync, time_calls
 from prunelab.criteria.filters import weight_norm
 from prunelab.metrics import flops
 from prunelab.models.cnn import alexnet_small
@@ -58,6 +60,61 @@ def tp_pruned(model: nn.Module, example: torch.Tensor, fraction: float) -> nn.Mo
     return model
 
 
+def _kind(module: nn.Module) -> str:
+    return "conv" if isinstance(module, nn.Conv2d) else "linear" if isinstance(module, nn.Linear) else "other"
+
+
+@torch.inference_mode()
+def layer_profile(model: nn.Module, x: torch.Tensor, repeats: int = 5) -> dict[str, tuple[float, int]]:
+    """Where a forward pass spends its time: kind -> (seconds, FLOPs) summed over leaf modules.
+
+    Kinds are ``conv``, ``linear`` and ``other`` (pooling, activations, dropout, ...).  Each leaf
+    is timed by hooks around its own forward (synchronised on CUDA), fastest of ``repeats``
+    passes; FLOPs come from ``torch.utils.flop_counter`` on the same input.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    >>> prof = layer_profile(net, torch.zeros(1, 1, 4, 4), repeats=1)
+    >>> sorted(prof), prof["conv"][1], prof["linear"][1], prof["other"][1]
+    (['conv', 'linear', 'other'], 144, 16, 0)
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    leaves = {name: m for name, m in model.named_modules() if name and not list(m.children())}
+    best: dict[str, float] = {}
+    start: dict[str, float] = {}
+
+    def before(name):
+        def hook(_module, _args):
+            sync(x.device)
+            start[name] = time.perf_counter()
+        return hook
+
+    def after(name):
+        def hook(_module, _args, _out):
+            sync(x.device)
+            seconds = time.perf_counter() - start[name]
+            best[name] = min(best.get(name, seconds), seconds)
+        return hook
+
+    handles = [h for name, m in leaves.items() for h in (m.register_forward_pre_hook(before(name)),
+                                                            m.register_forward_hook(after(name)))]
+    try:
+        for _ in range(repeats + 1):  # the first pass warms up and is timed like the rest
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    counts = {key.partition(".")[2]: sum(ops.values()) for key, ops in counter.get_flop_counts().items()}
+    out: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for name, m in leaves.items():
+        out[_kind(m)][0] += best.get(name, 0.0)
+        out[_kind(m)][1] += int(counts.get(name, 0))
+    return {kind: (seconds, count) for kind, (seconds, count) in out.items()}
+
+
 def _convs(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
@@ -73,8 +130,8 @@ def _models(cfg: BenchConfig) -> dict:
 
 def _variants(model, example, cfg: BenchConfig) -> dict[str, tuple[nn.Module, str]]:
     """name -> (model, mode): ``fp32`` eager, ``frozen`` (CPU: TorchScript trace, freeze,
-    ``optimize_for_inference``, i.e. oneDNN conv+ReLU fusion) or ``bf16-cl`` (CUDA: bf16
-    weights, channels_last)."""
+    ``optimize_for_inference``, i.e. oneDNN conv+ReLU fusion), ``cl`` (CPU: eager, channels_last)
+    or ``bf16-cl`` (CUDA: bf16 weights, channels_last)."""
     out = {"dense": (model, "fp32")}
     for f in FRACTIONS:
         out[f"prunelab {f}"] = (prunelab_pruned(model, example, f), "fp32")
@@ -83,8 +140,10 @@ def _variants(model, example, cfg: BenchConfig) -> dict[str, tuple[nn.Module, st
             out[f"prunelab-r8 {f}"] = (prunelab_pruned(model, example, f, round_to=8), "fp32")
     if cfg.cuda:
         out.update({f"{n} bf16-cl": (m, "bf16-cl") for n, (m, _) in list(out.items())})
-    else:  # Torch-Pruning's copies have prunelab's shapes: frozen, they would time the same
-        out.update({f"{n} frozen": (m, "frozen") for n, (m, _) in list(out.items()) if not n.startswith("tp")})
+    else:  # Torch-Pruning's copies have prunelab's shapes: frozen or channels_last, they would time the same
+        for mode in ("frozen", "cl"):
+            out.update({f"{n} {mode}": (m, mode) for n, (m, m_mode) in list(out.items())
+                        if m_mode == "fp32" and not n.startswith("tp")})
     return out
 
 
@@ -92,6 +151,8 @@ def _prepared(model: nn.Module, mode: str, x: torch.Tensor) -> nn.Module:
     model = copy.deepcopy(model).to(x.device).eval()
     if mode == "bf16-cl":
         model = model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    if mode == "cl":
+        model = model.to(memory_format=torch.channels_last)
     if mode == "frozen":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -112,8 +173,30 @@ def _latencies(variants, shape, batch, cfg, repeats) -> dict[str, float]:
         x = torch.rand(batch, *shape, device=cfg.device)
         if mode == "bf16-cl":
             x = x.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        if mode == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
         fns[name] = _forward(_prepared(model, mode, x), x)
     return {name: median(ts) for name, ts in time_calls(fns, cfg.device, repeats=repeats, warmup=2).items()}
+
+
+def _breakdown(case: str, variants, shape, batch, cfg, repeats) -> list[dict]:
+    """Per fraction: the conv layers' own speedup against their own FLOP cut, and each layer
+    kind's share of the pruned model's time (eager fp32), from `layer_profile`."""
+    x = torch.rand(batch, *shape, device=cfg.device)
+    prof = {name: layer_profile(copy.deepcopy(variants[name][0]).to(cfg.device), x, repeats)
+            for name in ["dense", *(f"prunelab {f}" for f in FRACTIONS)]}
+    dense, out = prof["dense"], []
+    for f in FRACTIONS:
+        pruned = prof[f"prunelab {f}"]
+        total = sum(t for t, _ in pruned.values())
+        speed = {k: dense[k][0] / pruned[k][0] for k in pruned if pruned[k][0] > 0}
+        cut = {k: dense[k][1] / pruned[k][1] for k in pruned if pruned[k][1] > 0}
+        share = ", ".join(f"{k} {pruned[k][0] / total:.0%} of the time ({speed[k]:.2f}x faster"
+                          + (f" for {cut[k]:.2f}x fewer FLOPs)" if k in cut else ")") for k in ("conv", "linear", "other")
+                          if k in pruned and k in speed)
+        out.append(entry("4 structured", f"{case}, {f:.0%} filters, per layer kind", "conv layers' speedup", speed["conv"],
+                         "", None, speed["conv"] / cut["conv"], "", None, f"ratio = speedup / conv FLOP cut; pruned model: {share}"))
+    return out
 
 
 def _entries(case, lat, flop, fractions, cfg) -> list[dict]:
@@ -130,6 +213,11 @@ def _entries(case, lat, flop, fractions, cfg) -> list[dict]:
                              "latency speedup (vs dense frozen)", frozen, "Torch-Pruning MetaPruner (eager)", theirs, frozen / cut,
                              ">= 0.8x FLOP cut", frozen / cut >= 0.8,
                              f"vs dense eager: {lat['dense'] / lat[f'prunelab {f} frozen']:.2f}x; FLOPs cut {cut:.2f}x"))
+            cl = lat["dense cl"] / lat[f"prunelab {f} cl"]
+            out.append(entry("4 structured", f"{case}, {f:.0%} filters, fp32 channels_last",
+                             "latency speedup (vs dense channels_last)", cl, "Torch-Pruning MetaPruner (eager)", theirs, cl / cut,
+                             ">= 0.8x FLOP cut", cl / cut >= 0.8,
+                             f"vs dense eager: {lat['dense'] / lat[f'prunelab {f} cl']:.2f}x; FLOPs cut {cut:.2f}x"))
         if cfg.cuda:
             r8 = lat["dense bf16-cl"] / lat[f"prunelab-r8 {f} bf16-cl"]
             tp_cl = lat["dense bf16-cl"] / lat[f"tp {f} bf16-cl"]
@@ -152,7 +240,9 @@ def rows(cfg: BenchConfig) -> list[dict]:
         for batch in batches:
             lat = _latencies(variants, shape, batch, cfg, repeats)
             out += _entries(f"{label}, batch {batch}", lat, flop, FRACTIONS, cfg)
+            if not cfg.cuda:
+                out += _breakdown(f"{label}, batch {batch}", variants, shape, batch, cfg, repeats)
     return out
 
 
-__all__ = ["FRACTIONS", "kept_filters", "prunelab_pruned", "rows", "tp_pruned"]
+__all__ = ["FRACTIONS", "kept_filters", "layer_profile", "prunelab_pruned", "rows", "tp_pruned"]

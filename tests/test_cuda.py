@@ -139,9 +139,18 @@ def test_criteria_match_cpu():
         dev_s = fn(dev_net, loss_fn=loss, batches=batches)
         assert all(dev_s[n].device.type == DEVICE for n in dev_s)
         assert all(torch.allclose(cpu_s[n], dev_s[n].cpu(), rtol=1e-2, atol=1e-6) for n in cpu_s)
-    h = second_order.obd(dev_net, loss_fn=loss, batches=[(x.to(DEVICE), y.to(DEVICE)) for x, y in batches],
-                         estimator="hutchinson", probes=2)
+    dev_batches = [(x.to(DEVICE), y.to(DEVICE)) for x, y in batches]
+    h = second_order.obd(dev_net, loss_fn=loss, batches=dev_batches, estimator="hutchinson", probes=2)
     assert all(v.device.type == DEVICE and bool(torch.isfinite(v).all()) for v in h.values())
+    # Same probes on the device: exact (double backward) and central-difference products agree on
+    # a smooth network (with ReLU and max-pooling they need not: see hutchinson_diagonal).
+    smooth = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 16), nn.Tanh(), nn.Linear(16, 10)).to(DEVICE)
+    est = {hvp: second_order.hessian_diagonal(smooth, loss_fn=loss, batches=dev_batches, estimator="hutchinson", probes=2,
+                                              hvp=hvp, generator=torch.Generator(device=DEVICE).manual_seed(0))[0]
+           for hvp in ("autograd", "central")}
+    for n, v in est["autograd"].items():
+        assert est["central"][n].device.type == DEVICE
+        assert torch.allclose(est["central"][n], v, rtol=1e-2, atol=1e-3 * float(v.abs().max()))
 
 
 def test_structured_removal_on_device_matches_cpu():

@@ -280,8 +280,12 @@ def hutchinson_diagonal(model, params, loss_fn, batches, *, probes=16, generator
     of plain gradients at w +- eps z, eps = ``step`` x the RMS of the scored weights (default step
     2 x machine-epsilon^(1/3) of the weights' dtype, the usual balance of truncation and rounding:
     about 1e-2 in float32): two ordinary forward+backward passes per probe and no second-order
-    graph, so it also runs where double backward does not.  Its O(eps^2) error (~1e-4 relative
-    in float32) is far below the estimator's own sampling noise.  Each product is accumulated in place.
+    graph, so it also runs where double backward does not.  On smooth networks (tanh/sigmoid
+    LSTMs, tanh MLPs) its O(eps^2) error (~1e-4 relative in float32) is far below the estimator's
+    own sampling noise.  On piecewise-linear ones (ReLU, max-pooling) it is a different quantity:
+    the gradient jumps of units whose activation pattern flips within +-eps do not vanish as eps
+    shrinks, so it measures a smoothed curvature, not the double-backward Hessian.  Each product is
+    accumulated in place.
     """
     check_probes(probes)
     check_hvp(hvp, step)

@@ -24,7 +24,7 @@ python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))
 
 timeout -k 10 "${T_TESTS:-90}" python -m pytest -m cuda -q -p no:cacheprovider -o addopts="" tests 2>&1 | tail -40 > "$OUT/pytest-cuda.txt"
 timeout -k 10 "${T_BENCH:-150}" python -m prunelab.cli bench --device cuda --rows 1,2,3,4 --output "$OUT/bench-cuda.csv" > "$OUT/bench-cuda.log" 2>&1
-timeout -k 10 "${T_CNN:-60}" python benchmarks/gpu_cnn.py --batch 256 --size 224 --repeats 20 > "$OUT/cnn-latency.txt" 2>&1
-MAX_EPOCHS="${NMT_EPOCHS:-12}" AMP="${NMT_AMP:-1}" timeout -k 10 "${T_NMT:-240}" bash benchmarks/gpu_nmt.sh > "$OUT/nmt-paper.txt" 2>&1
+timeout -k 10 "${T_CNN:-45}" python benchmarks/gpu_cnn.py --batch 256 --size 224 --repeats 20 > "$OUT/cnn-latency.txt" 2>&1
+MAX_EPOCHS="${NMT_EPOCHS:-8}" AMP="${NMT_AMP:-1}" timeout -k 10 "${T_NMT:-150}" bash benchmarks/gpu_nmt.sh > "$OUT/nmt-paper.txt" 2>&1
 for f in "$OUT"/*.txt "$OUT"/*.log; do echo "== $f"; tail -n 8 "$f"; done
 exit 0

@@ -347,8 +347,9 @@ HESSIAN_ESTIMATORS: dict[str, Callable[..., tuple[dict[str, Tensor], dict]]] = {
 def check_hvp(hvp: str, step: float | None = None) -> None:
     if hvp not in HVP_METHODS:
         raise ValueError(f"hvp={hvp!r}; choose one of {', '.join(HVP_METHODS)}")
-    bad_step = isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0
-    if step is not None and bad_step:
+    if step is None:
+        return
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
         raise ValueError(f"step={step!r}; the central-difference step must be a positive finite number (or None)")
 
 

@@ -161,13 +161,21 @@ class Run:
         """Return ``compute()``, cached as JSON under ``cache/`` by ``key``.
 
         A notebook interrupted half-way through its grid resumes from the points it finished.
+        The value must be JSON (dicts, lists, str, int, float, bool, None); a fresh call returns
+        it as read back from the cache (keys sorted), so a resumed run builds exactly the same
+        tables as one that never stopped.
         """
         path = self.path / "cache" / f"{name}-{params_hash(name, key)}.json"
         if path.exists():
             return json.loads(path.read_text())
         value = compute()
-        write_json(path, value)
-        return value
+        try:
+            text = json.dumps(value, indent=2, sort_keys=True)
+        except TypeError as err:
+            raise TypeError(f"memo {name!r} at {key}: the value must be JSON (dicts, lists, str, numbers, bool, "
+                            f"None), convert it first ({err})") from None
+        write_text(path, text + "\n")
+        return json.loads(text)
 
     def finish(self) -> None:
         """Mark the run complete (the runner skips complete runs unless forced)."""

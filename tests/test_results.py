@@ -79,6 +79,17 @@ def test_verdict():
     assert results.verdict(None) == "inconclusive"
 
 
+def test_memo_fresh_and_resumed_values_are_identical(runs):
+    run = results.open_run("00_demo", {"profile": "smoke"})
+    fresh = run.memo("p", {"s": 1}, lambda: {"z": 1.5, "a": (1, 2)})
+    resumed = run.memo("p", {"s": 1}, lambda: pytest.fail("recomputed"))
+    assert fresh == resumed == {"a": [1, 2], "z": 1.5}
+    assert list(fresh) == list(resumed) == ["a", "z"]  # same column order in tables built from them
+    with pytest.raises(TypeError, match=r"memo 'q'.*must be JSON"):
+        run.memo("q", {"s": 1}, lambda: {"x": object()})
+    assert not list((run.path / "cache").glob("q-*"))
+
+
 def test_memo_computes_once(runs):
     run = results.open_run("nb", {})
     calls = []

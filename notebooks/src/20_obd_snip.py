@@ -66,13 +66,13 @@ saliency_batches = None   # training batches OBD and SNIP score on
 saliency_batch_size = None
 snip_init = None          # init scheme SNIP scores and trains from (the baseline's is "uniform")
 snip_epochs = None        # epochs of fixed-mask training after SNIP prunes at init
-snip_max_steps = None     # cap on steps per SNIP epoch (0 = whole epochs)
+snip_max_steps = None     # cap on steps per SNIP epoch; 0 means whole epochs
 retrain_top = None        # retrain this many best methods (by mean BLEU without retraining)
 retrain_sparsities = None
 retrain_epochs = None
-retrain_lr_factor = None  # retraining learning rate = lr * retrain_lr_factor
+retrain_lr_factor = None  # retraining learning rate is lr times this
 class_sparsities = None   # sparsities of the per-class table
-eval_beam = None          # beam width of every BLEU in this notebook (1 = greedy), dense included
+eval_beam = None          # beam width of every BLEU in this notebook (1 is greedy), dense included
 claims_min_bleu = None    # below this dense BLEU the BLEU-based claims are inconclusive
 run_dir = ""              # set by `prunelab run`; "" derives the run folder from the parameters
 
@@ -146,7 +146,7 @@ def snip_model(sparsity):
     path = run.path / "models" / f"snip-{sparsity}.pt"
     model, masks, _ = snip_at_init(sparsity)
     if path.exists():
-        nmt.load_state_(model, torch.load(path, map_location=next(model.parameters()).device))
+        nmt.load_state_(model, torch.load(path, map_location=next(model.parameters()).device, weights_only=True))
         return model, masks
     nmt.train_(model, corpus, nmt.TrainConfig.from_params(vars(P), max_epochs=P.snip_epochs, max_steps=P.snip_max_steps), masks=masks,
                progress=False)

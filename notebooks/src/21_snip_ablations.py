@@ -60,12 +60,12 @@ seeds = None              # seeds of the init draw, the saliency batches and the
 saliency_batches = None   # batches scored in the init ablation
 saliency_batch_size = None
 snip_epochs = None        # epochs of fixed-mask training after pruning
-snip_max_steps = None     # cap on steps per epoch (0 = whole epochs)
+snip_max_steps = None     # cap on steps per epoch; 0 means whole epochs
 data_batch_sizes = None   # batch sizes of the data ablation
-data_fractions = None     # fractions of the training pairs scored (0 = one batch)
+data_fractions = None     # fractions of the training pairs scored; 0 means one batch
 data_seeds = None         # seeds of the data ablation
 claim_fraction = None     # the "about 1/20 of the data" point of claim 2
-eval_beam = None          # beam width of every BLEU in this notebook (1 = greedy), dense included
+eval_beam = None          # beam width of every BLEU in this notebook (1 is greedy), dense included
 claims_min_bleu = None    # below this dense BLEU the BLEU-based claims are inconclusive
 run_dir = ""              # set by `prunelab run`; "" derives the run folder from the parameters
 
@@ -78,7 +78,7 @@ import seaborn as sns
 import torch
 from tqdm.auto import tqdm
 
-from prunelab import nmt, obd_snip, results, runner
+from prunelab import nmt, obd_snip, results, runner, train
 from prunelab.results import verdict
 from prunelab.sparse_init import prune_at_init_
 
@@ -163,7 +163,7 @@ def reference_masks(seed):
     """SNIP's mask at init from the most data (scoring only; saved in the run folder)."""
     path = run.path / "masks" / f"reference-s{seed}.pt"
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, map_location=train.pick_device(P.device), weights_only=True)
     batches = obd_snip.saliency_batches(corpus, b_most, n_batches_for(max(P.data_fractions), b_most), seed=seed)
     model = nmt.build_model(P, corpus, init=P.init, seed=seed)
     classes = nmt.weight_classes(model)

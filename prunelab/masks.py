@@ -6,7 +6,6 @@ Higher scores are kept; the lowest-scored weights are pruned.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 
 import pandas as pd
@@ -34,19 +33,17 @@ def check_sparsity(sparsity: float, *, allow_one: bool = False) -> float:
 def n_to_prune(n: int, sparsity: float) -> int:
     """Number of weights to remove from ``n`` at ``sparsity``: the one rounding rule.
 
-    Rounds half up (``floor(n * s + 1/2)``), computed in exact decimal arithmetic on the
-    float's shortest repr so that e.g. ``n_to_prune(10, 0.3) == 3`` and ``(5, 0.5) == 3``.
+    ``round(s * n)``, Python's round (half to even), exactly as ``torch.nn.utils.prune``
+    computes it, so a prunelab mask and a torch mask at the same sparsity remove the same
+    number of weights, exact halves included (50% of 1261 weights is 630, not 631).
 
-    >>> n_to_prune(10, 0.25)
-    3
+    >>> n_to_prune(10, 0.25), n_to_prune(10, 0.35)
+    (2, 4)
     """
     check_sparsity(sparsity, allow_one=True)
     if n < 0:
         raise ValueError(f"n={n} must be >= 0")
-    from fractions import Fraction
-
-    exact = Fraction(repr(float(sparsity))) * n
-    return min(n, math.floor(exact + Fraction(1, 2)))
+    return min(n, round(float(sparsity) * n))
 
 
 def default_classes(scores: Mapping[str, Tensor]) -> Classes:

@@ -13,11 +13,29 @@ def small_model(seed=0):
 
 
 @pytest.mark.parametrize("n, sparsity, expected", [
-    (10, 0.3, 3), (10, 0.25, 3), (10, 0.35, 4), (5, 0.5, 3), (7, 0.5, 4), (3, 1 / 3, 1),
-    (100, 0.0, 0), (100, 1.0, 100), (1, 0.49, 0), (1, 0.5, 1), (0, 0.7, 0), (216_000_000, 0.9, 194_400_000),
+    (10, 0.3, 3), (10, 0.25, 2), (10, 0.35, 4), (5, 0.5, 2), (7, 0.5, 4), (1261, 0.5, 630), (3, 1 / 3, 1),
+    (100, 0.0, 0), (100, 1.0, 100), (1, 0.49, 0), (1, 0.5, 0), (3, 0.5, 2), (0, 0.7, 0), (216_000_000, 0.9, 194_400_000),
 ])
-def test_n_to_prune_rounds_half_up_exactly(n, sparsity, expected):
-    assert masks.n_to_prune(n, sparsity) == expected
+def test_n_to_prune_rounds_as_torch_does(n, sparsity, expected):
+    """Half to even, as torch.nn.utils.prune: the same count as the ecosystem's reference."""
+    from torch.nn.utils.prune import _compute_nparams_toprune
+
+    assert masks.n_to_prune(n, sparsity) == expected == _compute_nparams_toprune(sparsity, n)
+
+
+@pytest.mark.parametrize("n", [1261, 5, 7, 99, 1001])
+def test_class_uniform_equals_l1_unstructured_at_exact_halves(n):
+    """At 50% of an odd count torch removes round(n/2) (half to even); prunelab removes the same weights."""
+    torch.manual_seed(n)
+    layer = nn.Linear(n, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randperm(n).float().view(1, n) - n / 2)  # distinct magnitudes up to sign pairs
+        layer.weight.add_(torch.linspace(0, 0.1, n).view(1, n))           # break the sign ties
+    ref = nn.Linear(n, 1, bias=False)
+    ref.load_state_dict(layer.state_dict())
+    tprune.l1_unstructured(ref, "weight", amount=0.5)
+    m = masks.masks_from_scores(criteria.magnitude(layer), 0.5, "class-uniform")
+    assert torch.equal(m["weight"], ref.weight_mask.bool())
 
 
 @pytest.mark.parametrize("scheme", masks.SCHEMES)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,32 +19,53 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _profile(chosen: str | None) -> str:
+    """``--profile``, else ``$PRUNELAB_PROFILE`` (as the notebooks read it), else ``default``; never two answers."""
+    env = os.environ.get("PRUNELAB_PROFILE")
+    if chosen:
+        runner.check_profile(chosen)
+    if chosen and env and chosen != env:
+        raise ValueError(f"--profile {chosen} disagrees with PRUNELAB_PROFILE={env}; drop one of them")
+    return runner.check_profile(chosen or env or "default")
+
+
 def cmd_run(args) -> int:
+    profile = _profile(args.profile)
     names = [runner.find_notebook(n) for n in args.notebooks] or runner.notebooks()
     overrides = _overrides(args.param)
     if overrides and len(names) > 1:
         raise ValueError("-p applies to one notebook; name it (prunelab run NOTEBOOK -p key=value)")
+    print(f"profile {profile}", flush=True)
     for name in names:
-        runner.resolve(name, args.profile, overrides)  # bad parameters fail before anything runs
+        runner.resolve(name, profile, overrides)  # bad parameters fail before anything runs
     for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name} (profile {args.profile})", flush=True)
-        run, executed = runner.run_notebook(name, args.profile, overrides, force=args.force, progress=not args.quiet,
-                                            fresh=args.fresh)
+        print(f"[{i}/{len(names)}] {name} (profile {profile})", flush=True)
+        try:
+            run, executed = runner.run_notebook(name, profile, overrides, force=args.force, progress=not args.quiet,
+                                                fresh=args.fresh)
+        except runner.Interrupted as err:
+            print(f"prunelab: {err}", file=sys.stderr)
+            return 130
         print(f"    {'done' if executed else 'skipped, complete (use --force to rerun)'}: {run.path}", flush=True)
     return 0
 
 
 def cmd_list(args) -> int:
+    profile = _profile(args.profile)
     for name in runner.notebooks():
-        params = runner.resolve(name, args.profile)
+        params = runner.resolve(name, profile)
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "profile")
-        print(f"{name}  [{args.profile}]\n    {shown}")
+        print(f"{name}  [{profile}]\n    {shown}")
     return 0
 
 
 def cmd_report(args) -> int:
     root = Path(args.runs) if args.runs else results.runs_root()
+    if not root.is_dir():
+        raise ValueError(f"nothing to report: no runs folder at {root} (run `prunelab run` first, or point --runs at one)")
     out = Path(args.output) if args.output else root / "REPORT.md"
+    if not out.parent.is_dir():
+        raise ValueError(f"--output {out}: the folder {out.parent} does not exist")
     text = runner.report(root, out.resolve().parent, args.profile, args.latest)
     results.write_text(out, text)
     print(text)
@@ -70,14 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute notebooks with papermill into run folders")
     run.add_argument("notebooks", nargs="*", help="notebook names (default: all), e.g. 00_tour or 00")
-    run.add_argument("--profile", default="default", help=f"one of {', '.join(runner.PROFILES)}")
+    run.add_argument("--profile", help=f"one of {', '.join(runner.PROFILES)} (default: $PRUNELAB_PROFILE, else default)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     run.add_argument("--force", action="store_true", help="rerun even if the run folder is complete")
     run.add_argument("--fresh", action="store_true", help="rerun and recompute the cached grid points too")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="show the notebooks and their parameters")
-    lst.add_argument("--profile", default="default")
+    lst.add_argument("--profile", help="default: $PRUNELAB_PROFILE, else default")
     lst.set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="collect every claim and figure into one Markdown page")
     rep.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
@@ -105,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"prunelab: error: {message}", file=sys.stderr)
         return 1
+    except OSError as err:  # an unwritable or missing place: say which, in one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"prunelab: error: {where}{err.strerror or err} (check --output, --runs and $PRUNELAB_RUNS)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("prunelab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -41,15 +41,33 @@ def params_hash(notebook: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def umask() -> int:
+    """The process's umask (read from ``/proc`` where it can be, so it is never changed, even briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The file gets the mode any new file would (0644 under umask 022), not ``mkstemp``'s 0600,
+    so collaborators on a shared file system can read results.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -201,20 +219,90 @@ def checkpoint_path(kind: str, params: dict[str, Any]) -> Path:
     return runs_root() / "checkpoints" / f"{kind}-{params_hash(kind, params)}.pt"
 
 
+REPLACE_BAD_CHECKPOINTS = "PRUNELAB_REPLACE_BAD_CHECKPOINTS"  # "1": retrain over an unreadable checkpoint
+
+
+class CheckpointError(RuntimeError):
+    """A cached checkpoint that cannot be loaded as weights only (corrupt, truncated, or carrying code)."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain values, never pickled code.
+
+    Raises:
+        CheckpointError: one line naming the file, why it failed and what to do.
+    """
+    import torch
+
+    try:
+        if Path(path).stat().st_size == 0:
+            raise ValueError("the file is empty")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise ValueError(f"it holds a {type(obj).__name__}, not a dict")
+        return obj
+    except Exception as err:  # noqa: BLE001 (torch raises many kinds for a bad file; all mean the same here)
+        reason = " ".join(str(err).split())
+        reason = reason[:200] + ("..." if len(reason) > 200 else "")
+        raise CheckpointError(f"checkpoint {path} cannot be loaded as weights only ({type(err).__name__}: {reason}); "
+                              f"delete it, or rerun with `prunelab run --fresh` (or {REPLACE_BAD_CHECKPOINTS}=1) "
+                              "to retrain and replace it") from None
+
+
 def cached_checkpoint(kind: str, params: dict[str, Any], train: Callable[[], dict]) -> dict:
     """Load the cached checkpoint of ``kind`` at ``params``, or call ``train()`` and cache its result.
 
     ``train`` returns a dict of tensors/plain values (e.g. ``{"state_dict": ..., "history": ...}``).
+    The cache is loaded weights-only (`load_checkpoint`); an unreadable one is an error unless
+    ``$PRUNELAB_REPLACE_BAD_CHECKPOINTS`` is ``1`` (``prunelab run --fresh`` sets it), which retrains.
     """
     import torch
 
     path = checkpoint_path(kind, params)
     if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as err:
+            if os.environ.get(REPLACE_BAD_CHECKPOINTS) != "1":
+                raise
+            print(f"{err.args[0].split(' (')[0]}: retraining and replacing it", flush=True)
     obj = train()
     with atomic_path(path) as tmp:
         torch.save({**obj, "params": params}, tmp)
     return obj
+
+
+@contextmanager
+def run_lock(path: Path, what: str):
+    """Hold ``<path>/.lock`` (an exclusive ``flock``) for the block: one writer per run folder.
+
+    Raises:
+        RuntimeError: another process holds it; names that process, its host and since when.
+    """
+    import fcntl
+    import socket
+    import time
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RuntimeError(f"{what} is already running in {path} ({holder}); wait for it to finish "
+                               "(a complete run is then skipped) or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def collect_claims(root: Path | None = None) -> pd.DataFrame:

@@ -15,11 +15,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from prunelab import params as params_mod
 from prunelab import results
 
 PROFILES = ("smoke", "default", "paper")
 PUBLISHED_PROFILES = ("default", "paper")  # figures/ holds these; smoke runs never touch it
-RESERVED = ("profile", "run_dir")
+RESERVED = {  # names a notebook's parameters cell holds but `-p` must not set
+    "profile": "profile is not a parameter to override: choose it with --profile (or $PRUNELAB_PROFILE)",
+    "run_dir": "run_dir is set by prunelab run (runs/<notebook>/<hash>/); move every run folder with $PRUNELAB_RUNS",
+}
 
 
 def notebooks_dir() -> Path:
@@ -47,49 +51,62 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+def _profile_table(notebook: str) -> dict[str, Any]:
+    path = notebooks_dir() / "profiles" / f"{notebook}.toml"
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise KeyError(f"{notebook} has no profile file {path}") from None
+
+
 def profile_params(notebook: str, profile: str) -> dict[str, Any]:
     """The parameters that ``profile`` gives ``notebook``."""
     check_profile(profile)
-    path = notebooks_dir() / "profiles" / f"{notebook}.toml"
-    table = tomllib.loads(path.read_text())
+    table = _profile_table(notebook)
     # `base = "_nmt"` shares one study's parameters (its cached baseline) among notebooks.
     base = profile_params(table["base"], profile) if "base" in table else {}
     return {**base, **table.get("common", {}), **table.get(profile, {})}
 
 
+def declared_types(notebook: str) -> dict[str, str]:
+    """Each parameter's type spec (`prunelab.params`), from the ``[types]`` tables of its profile files."""
+    table = _profile_table(notebook)
+    base = declared_types(table["base"]) if "base" in table else {}
+    return {**base, **table.get("types", {})}
+
+
 def parse_value(text: str) -> Any:
     """``-p key=value`` values: JSON (numbers, true/false, lists, quoted strings), else a bare string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _coerce(key: str, value: Any, like: Any) -> Any:
-    if like is None or value is None or isinstance(value, type(like)):
-        return value
-    if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"parameter {key}={value!r} is a {type(value).__name__}; the profile gives a {type(like).__name__} ({like!r})")
+    return params_mod.parse_cli_value(text)
 
 
 def resolve(notebook: str, profile: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Full parameters of ``notebook``: the profile's, with ``overrides`` (None values ignored).
+    """Full parameters of ``notebook``: the profile's, with ``overrides`` (None values ignored), all checked.
 
-    ``profile`` None or "" reads ``$PRUNELAB_PROFILE``, else ``default``.
+    ``profile`` None or "" reads ``$PRUNELAB_PROFILE``, else ``default``.  Every value, the
+    profile's own included, is checked against its declared type before anything runs.
 
     Raises:
-        ValueError: an unknown profile.  KeyError: an override the notebook does not take.
+        ValueError: an unknown profile; a reserved name (``profile``, ``run_dir``) among the
+            overrides; a value its type does not allow (`params.ParameterError`, one line).
+        KeyError: an override the notebook does not take.
     """
     profile = profile or os.environ.get("PRUNELAB_PROFILE") or "default"
-    base = profile_params(notebook, profile)
-    params = dict(base)
+    params = dict(profile_params(notebook, profile))
+    types = declared_types(notebook)
     for key, value in (overrides or {}).items():
-        if key in RESERVED or value is None:
+        if key in RESERVED:
+            raise ValueError(RESERVED[key])
+        if value is None:
             continue
-        if key not in base:
-            raise KeyError(f"{notebook} has no parameter {key!r}; it takes {', '.join(sorted(base))}")
-        params[key] = _coerce(key, value, base[key])
+        if key not in params:
+            raise KeyError(f"{notebook} has no parameter {key!r}; it takes {', '.join(sorted(params))}")
+        params[key] = value
+    for key, value in params.items():
+        if key not in types:
+            raise ValueError(f"{notebook}: parameter {key} has no declared type; add it to the [types] table of "
+                             f"notebooks/profiles/{notebook}.toml (or its base)")
+        params[key] = params_mod.check_value(key, value, types[key])
     return {"profile": profile, **params}
 
 
@@ -103,44 +120,96 @@ def start(notebook: str, profile: str = "", run_dir: str = "", **overrides) -> t
     return SimpleNamespace(**params), run
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a notebook: what was finished is cached; the message says how to resume."""
+
+
+def _quiet_kernel_manager():
+    """jupyter_client interrupts a kernel before shutting it down, so a kernel still handling a
+    message logs "KeyboardInterrupt caught in kernel" after a successful run; skip that interrupt."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self):
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
+
+
+def cached_points(path: Path) -> int:
+    """How many grid points a run folder has cached (`Run.memo` files)."""
+    return len(list((Path(path) / "cache").glob("*.json")))
+
+
 def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None = None, force: bool = False,
                  progress: bool = True, fresh: bool = False) -> tuple[results.Run, bool]:
     """Execute ``notebook`` with papermill into its run folder; returns (run, executed).
 
     A complete run is skipped unless ``force``; a forced run still reuses the grid points cached
-    in the run folder (`Run.memo`) unless ``fresh`` (implies ``force``) drops them first.  On failure the partly executed notebook is
-    kept as ``<name>.failed.ipynb`` and a RuntimeError names the failing cell.
+    in the run folder (`Run.memo`) unless ``fresh`` (implies ``force``) drops them first and lets
+    the notebook retrain over an unreadable cached checkpoint.  One process at a time runs a
+    given run folder (`results.run_lock`).  On failure the partly executed notebook is kept as
+    ``<name>.failed.ipynb`` and a RuntimeError names the failing cell; Ctrl-C raises `Interrupted`.
     """
-    import papermill
-
     params = resolve(notebook, profile, overrides)
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
     run = results.Run(path=path, notebook=notebook, params=params)
-    if run.complete and not (force or fresh):
-        return run, False
-    (path / "complete.json").unlink(missing_ok=True)
-    if fresh:
-        shutil.rmtree(path / "cache", ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    out = path / f"{notebook}.ipynb"
-    failed = path / f"{notebook}.failed.ipynb"
+    with results.run_lock(path, f"{notebook} with these parameters"):
+        if run.complete and not (force or fresh):
+            return run, False
+        (path / "complete.json").unlink(missing_ok=True)
+        if fresh:
+            shutil.rmtree(path / "cache", ignore_errors=True)
+        _execute(notebook, params, path, fresh, progress)
+    if not run.complete:
+        raise RuntimeError(f"{notebook} ran but never called run.finish(); its results are incomplete")
+    if params["profile"] in PUBLISHED_PROFILES:
+        publish_figures(run)
+    return run, True
+
+
+def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, progress: bool) -> None:
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    out, failed = path / f"{notebook}.ipynb", path / f"{notebook}.failed.ipynb"
+    env_before = os.environ.get(results.REPLACE_BAD_CHECKPOINTS)
+    if fresh:  # the kernel inherits it: retrain over a cached checkpoint that cannot be loaded
+        os.environ[results.REPLACE_BAD_CHECKPOINTS] = "1"
     try:
         # Executed into `.failed.ipynb` and renamed on success: the final name never holds a partial run.
         papermill.execute_notebook(
             str(notebooks_dir() / f"{notebook}.ipynb"), str(failed), parameters={**params, "run_dir": str(path)},
             cwd=str(notebooks_dir()), progress_bar=progress, kernel_name="python3", language="python",
+            kernel_manager_class=_quiet_kernel_manager(),
         )
     except papermill.PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":
+            raise Interrupted(_resume_hint(notebook, path)) from None
         first_line = (err.source or "").strip().splitlines()[:1]
         raise RuntimeError(f"{notebook} failed in cell {err.cell_index} (execution count {err.exec_count}: "
                            f"{first_line[0] if first_line else ''!r}) with {err.ename}: {err.evalue}; "
                            f"the executed notebook is {failed}") from None
+    except DeadKernelError:
+        kept = f"the partly executed notebook is kept as {failed}" if failed.exists() else "no notebook was kept"
+        raise RuntimeError(f"{notebook}: the kernel died (killed, or out of memory?); {kept}; "
+                           f"{_resume_hint(notebook, path, lead='rerun')}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(notebook, path)) from None
+    finally:
+        if env_before is None:
+            os.environ.pop(results.REPLACE_BAD_CHECKPOINTS, None)
+        else:
+            os.environ[results.REPLACE_BAD_CHECKPOINTS] = env_before
     os.replace(failed, out)
-    if not run.complete:
-        raise RuntimeError(f"{notebook} ran but never called run.finish(); its results are incomplete")
-    if profile in PUBLISHED_PROFILES:
-        publish_figures(run)
-    return run, True
+
+
+def _resume_hint(notebook: str, path: Path, lead: str = "interrupted") -> str:
+    n = cached_points(path)
+    head = f"{notebook} interrupted; " if lead == "interrupted" else ""
+    return (f"{head}rerunning the same command resumes from the {n} grid point{'s' if n != 1 else ''} "
+            f"it cached in {path}")
 
 
 def publish_figures(run: results.Run) -> list[Path]:

@@ -27,7 +27,7 @@ def test_bad_profile_notebook_and_parameter():
         runner.find_notebook("99_nothing")
     with pytest.raises(KeyError, match="'epoch'.*epochs"):
         runner.resolve("00_tour", "smoke", {"epoch": 3})
-    with pytest.raises(TypeError, match="epochs='three'"):
+    with pytest.raises(ValueError, match='epochs="three" is a str; epochs takes an int >= 1'):
         runner.resolve("00_tour", "smoke", {"epochs": "three"})
 
 
@@ -107,7 +107,7 @@ def test_smoke_never_publishes_figures(runs):
 def test_failing_notebook_names_the_cell(runs, tmp_path, monkeypatch):
     nbdir = tmp_path / "notebooks"
     (nbdir / "profiles").mkdir(parents=True)
-    (nbdir / "profiles" / "01_broken.toml").write_text("[common]\nx = 1\n")
+    (nbdir / "profiles" / "01_broken.toml").write_text('[common]\nx = 1\n[types]\nx = "int"\n')
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell("profile = ''\nx = None\nrun_dir = ''", metadata={"tags": ["parameters"]}),

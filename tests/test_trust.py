@@ -273,7 +273,9 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(runs, tmp_path, monkeypatch,
                    "import os, signal, time\nfor i in range(2):\n    run.memo('p', {'i': i}, lambda: i)\n"
                    "os.kill(os.getppid(), signal.SIGINT)\ntime.sleep(20)\nrun.finish()")
     assert cli.main(["run", "01_slow", "--profile", "smoke", "--quiet"]) == 130
-    err = capsys.readouterr().err.strip().splitlines()
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "profile smoke"  # the profile used is said first
+    err = err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prunelab: 01_slow interrupted; rerunning the same command resumes "
                                                "from the 2 grid points it cached in")
 

@@ -31,18 +31,16 @@ def _profile(chosen: str | None) -> str:
 
 def cmd_run(args) -> int:
     profile = _profile(args.profile)
-    names = [runner.find_notebook(n) for n in args.notebooks] or runner.notebooks()
-    overrides = _overrides(args.param)
-    if overrides and len(names) > 1:
-        raise ValueError("-p applies to one notebook; name it (prunelab run NOTEBOOK -p key=value)")
+    names = runner.expand(args.notebooks) if args.notebooks else runner.notebooks()
+    shares = runner.split_overrides(names, _overrides(args.param))
     print(f"profile {profile}", flush=True)
     for name in names:
-        runner.resolve(name, profile, overrides)  # bad parameters fail before anything runs
+        runner.resolve(name, profile, shares[name])  # bad parameters fail before anything runs
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} (profile {profile})", flush=True)
         try:
-            run, executed = runner.run_notebook(name, profile, overrides, force=args.force, progress=not args.quiet,
-                                                fresh=args.fresh)
+            run, executed = runner.run_notebook(name, profile, shares[name], force=args.force,
+                                                progress=not args.quiet, fresh=args.fresh)
         except runner.Interrupted as err:
             print(f"prunelab: {err}", file=sys.stderr)
             return 130
@@ -52,10 +50,19 @@ def cmd_run(args) -> int:
 
 def cmd_list(args) -> int:
     profile = _profile(args.profile)
+    groups = runner.studies()
+    print("studies (run a whole one with `prunelab run NAME`; -p applies to every notebook that takes it):")
+    for study, members in groups.items():
+        print(f"  {study}: {', '.join(members)}")
+    for study, members in groups.items():
+        shared = sorted(set.intersection(*(set(runner.declared_types(n)) for n in members)))
+        print(f"  {study} parameters shared by all {len(members)}: {', '.join(shared)}")
+    print()
     for name in runner.notebooks():
         params = runner.resolve(name, profile)
+        study = next((s for s, members in groups.items() if name in members), None)
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "profile")
-        print(f"{name}  [{profile}]\n    {shown}")
+        print(f"{name}  [{profile}]{f'  (study {study})' if study else ''}\n    {shown}")
     return 0
 
 
@@ -91,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute notebooks with papermill into run folders")
-    run.add_argument("notebooks", nargs="*", help="notebook names (default: all), e.g. 00_tour or 00")
+    run.add_argument("notebooks", nargs="*", help="notebook or study names (default: all), e.g. 00_tour, 00, nmt, cnn")
     run.add_argument("--profile", help=f"one of {', '.join(runner.PROFILES)} (default: $PRUNELAB_PROFILE, else default)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     run.add_argument("--force", action="store_true", help="rerun even if the run folder is complete")

@@ -35,14 +35,57 @@ def notebooks() -> list[str]:
     return sorted(p.stem for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
 
 
+def studies() -> dict[str, list[str]]:
+    """Studies by name: the notebooks whose profiles share a ``base`` (``_nmt`` -> ``nmt``), in order.
+
+    Notebook order is dependency order: the study's first notebook trains the baseline the
+    others load from the checkpoint cache.
+    """
+    out: dict[str, list[str]] = {}
+    for name in notebooks():
+        base = _profile_table(name).get("base")
+        if base:
+            out.setdefault(base.lstrip("_"), []).append(name)
+    return out
+
+
 def find_notebook(name: str) -> str:
     """Resolve ``00_tour``, ``00_tour.ipynb``, ``tour`` or ``00`` to a notebook stem."""
     stem = Path(name).stem
     known = notebooks()
     matches = [n for n in known if n == stem or n.split("_", 1)[0] == stem or n.split("_", 1)[1] == stem]
     if len(matches) != 1:
-        raise KeyError(f"unknown notebook {name!r}; choose one of {', '.join(known)}")
+        raise KeyError(f"unknown notebook {name!r}; choose one of {', '.join(known)}, or a study: "
+                       f"{', '.join(studies())}")
     return matches[0]
+
+
+def expand(names: list[str]) -> list[str]:
+    """Notebook names and study names (``nmt``, ``cnn``) as notebook stems, each once, in suite order."""
+    found = set()
+    groups = studies()
+    for name in names:
+        found.update(groups[name] if name in groups else [find_notebook(name)])
+    return [n for n in notebooks() if n in found]
+
+
+def split_overrides(names: list[str], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each notebook's share of ``overrides``: the ones it declares.
+
+    Raises:
+        ValueError: a reserved name; KeyError: a parameter none of ``names`` declares.
+    """
+    for key in overrides:
+        if key in RESERVED:
+            raise ValueError(RESERVED[key])
+    declared = {name: declared_types(name) for name in names}
+    for key in overrides:
+        if not any(key in types for types in declared.values()):
+            takes = ", ".join(sorted(set().union(*map(set, declared.values()))))
+            if len(names) == 1:
+                raise KeyError(f"{names[0]} has no parameter {key!r}; it takes {takes}")
+            raise KeyError(f"none of {', '.join(names)} takes a parameter {key!r}; together they take {takes}")
+    return {name: {k: v for k, v in overrides.items() if k in declared[name]} for name in names}
 
 
 def check_profile(profile: str) -> str:

@@ -29,22 +29,81 @@ def _profile(chosen: str | None) -> str:
     return runner.check_profile(chosen or env or "default")
 
 
+def _slurm_config(args):
+    from prunelab.executors import SlurmConfig
+
+    extra = {}
+    for pair in args.slurm_arg:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm-arg {pair!r} is not key=value (e.g. --slurm-arg account=mylab)")
+        extra[key.lstrip("-")] = value
+    return SlurmConfig(partition=args.partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+                       mem_gb=_gigabytes(args.mem), time_min=_minutes(args.time), max_parallel=args.max_parallel,
+                       extra=extra)
+
+
+def _gigabytes(text: str | None) -> float | None:
+    if text is None:
+        return None
+    units = {"": 1, "G": 1, "GB": 1, "M": 1 / 1024, "MB": 1 / 1024, "T": 1024, "TB": 1024}
+    number = text.rstrip("GMTBgmtb")
+    try:
+        return float(number) * units[text[len(number):].upper()]
+    except (ValueError, KeyError):
+        raise ValueError(f"--mem {text!r}: give a size such as 16G, 16000M or 16 (GB)") from None
+
+
+def _minutes(text: str) -> int:
+    """``--time``: minutes (``90``) or Slurm's ``[D-]HH:MM[:SS]``."""
+    try:
+        days, _, clock = text.rpartition("-")
+        parts = [int(x) for x in clock.split(":")]
+        if len(parts) == 1:
+            return int(days or 0) * 1440 + parts[0]
+        hours, minutes, seconds = (parts + [0])[:3]
+        return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
+    except ValueError:
+        raise ValueError(f"--time {text!r}: give minutes (90) or [D-]HH:MM[:SS] (01:30:00)") from None
+
+
 def cmd_run(args) -> int:
+    from prunelab import executors
+
     profile = _profile(args.profile)
     names = runner.expand(args.notebooks) if args.notebooks else runner.notebooks()
     shares = runner.split_overrides(names, _overrides(args.param))
+    n = executors.check_shards(args.shards)
+    slurm = _slurm_config(args) if args.executor == "slurm" else None
     print(f"profile {profile}", flush=True)
     for name in names:
         runner.resolve(name, profile, shares[name])  # bad parameters fail before anything runs
+    if slurm:
+        records = executors.submit_slurm(names, profile, shares, n, slurm, force=args.force, fresh=args.fresh)
+        print(f"submitted {len(records)} Slurm jobs; watch them with `prunelab status`", flush=True)
+        if args.wait and records:
+            executors.wait_slurm(records)
+            print("every gather job completed; results under " + str(results.runs_root()), flush=True)
+        return 0
     for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name} (profile {profile})", flush=True)
+        print(f"[{i}/{len(names)}] {name} (profile {profile}{f', {n} shards' if n > 1 else ''})", flush=True)
         try:
-            run, executed = runner.run_notebook(name, profile, shares[name], force=args.force,
+            run, executed = executors.run_local(name, profile, shares[name], n, force=args.force,
                                                 progress=not args.quiet, fresh=args.fresh)
         except runner.Interrupted as err:
             print(f"prunelab: {err}", file=sys.stderr)
             return 130
         print(f"    {'done' if executed else 'skipped, complete (use --force to rerun)'}: {run.path}", flush=True)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from prunelab import executors
+
+    root = Path(args.runs) if args.runs else results.runs_root()
+    if not root.is_dir():
+        raise ValueError(f"no runs folder at {root} (run `prunelab run` first, or point --runs at one)")
+    print(executors.status(root, args.profile and runner.check_profile(args.profile)))
     return 0
 
 
@@ -104,7 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun even if the run folder is complete")
     run.add_argument("--fresh", action="store_true", help="rerun and recompute the cached grid points too")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    run.add_argument("--executor", choices=("local", "slurm"), default="local",
+                     help="local (this machine, the default) or slurm (submitit job arrays)")
+    run.add_argument("--shards", type=int, default=1, help="split each notebook's grid over N jobs (local: N worker "
+                     "processes, one per GPU when there are several), then gather")
+    slurm = run.add_argument_group("Slurm (with --executor slurm)")
+    slurm.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    slurm.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
+    slurm.add_argument("--cpus-per-job", type=int, default=1, help="CPUs per job (default 1)")
+    slurm.add_argument("--mem", help="memory per job, e.g. 16G (default: the cluster's)")
+    slurm.add_argument("--time", default="60", help="time limit per job: minutes or [D-]HH:MM[:SS] (default 60)")
+    slurm.add_argument("--max-parallel", type=int, default=0, help="most shard jobs running at once (default: no cap)")
+    slurm.add_argument("--wait", action="store_true", help="stay until every submitted job has finished")
+    slurm.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. account=mylab or qos=high")
     run.set_defaults(func=cmd_run)
+    sta = sub.add_parser("status", help="grid points done per run folder and the state of submitted jobs")
+    sta.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
+    sta.add_argument("--profile", help="only the runs of this profile")
+    sta.set_defaults(func=cmd_status)
     lst = sub.add_parser("list", help="show the notebooks and their parameters")
     lst.add_argument("--profile", help="default: $PRUNELAB_PROFILE, else default")
     lst.set_defaults(func=cmd_list)

@@ -139,6 +139,8 @@ class Run:
     def save_table(self, name: str, df: pd.DataFrame) -> Path:
         """Write ``tables/<name>.csv`` atomically (tidy: one row per measurement)."""
         path = self.path / "tables" / f"{name}.csv"
+        if not self._shard_writes():
+            return path
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
         return path
@@ -154,11 +156,14 @@ class Run:
             ".pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None, "Title": title},
         }
         paths = []
+        writes = self._shard_writes()
         for ext, metadata in meta.items():
             path = self.path / "figures" / f"{name}{ext}"
+            paths.append(path)
+            if not writes:
+                continue
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, format=ext[1:], metadata=metadata, dpi=120, bbox_inches="tight")
-            paths.append(path)
         return paths
 
     def record_claim(self, id: str, statement: str, metric: str, value: Any, verdict: str, detail: str = "") -> pd.DataFrame:
@@ -166,6 +171,8 @@ class Run:
         if verdict not in VERDICTS:
             raise ValueError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
         path = self.path / "claims.csv"
+        if not self._shard_writes():
+            return pd.DataFrame([dict(notebook=self.notebook, id=id, verdict=verdict)])
         ledger = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame(columns=CLAIM_COLUMNS)
         ledger = ledger[ledger["id"] != id]
         row = dict(notebook=self.notebook, params_hash=self.hash, profile=self.params.get("profile", ""), id=id,
@@ -181,22 +188,56 @@ class Run:
         A notebook interrupted half-way through its grid resumes from the points it finished.
         The value must be JSON (dicts, lists, str, int, float, bool, None); a fresh call returns
         it as read back from the cache (keys sorted), so a resumed run builds exactly the same
-        tables as one that never stopped.
+        tables as one that never stopped.  In a shard job (`prunelab.shards`) only this shard's
+        points are computed; another shard's point not cached yet comes back as `shards.Pending`.
+        Every point asked for is listed under ``points/`` (``prunelab status`` counts them).
         """
-        path = self.path / "cache" / f"{name}-{params_hash(name, key)}.json"
+        from prunelab import shards
+
+        digest = params_hash(name, key)
+        path = self.path / "cache" / f"{name}-{digest}.json"
+        seen = self.path / "points" / f"{name}-{digest}.json"
+        if not seen.exists():
+            write_json(seen, {"name": name, "key": key})
         if path.exists():
             return json.loads(path.read_text())
-        value = compute()
+        shard = shards.current()
+        if shard is not None and shards.shard_of(name, key, shard[1]) != shard[0]:
+            shards.note(self.path, shard, "pending")
+            return shards.Pending(f"{name} {json.dumps(key, sort_keys=True, default=str)}")
+        try:
+            value = compute()
+        except shards.ShardStop:
+            raise
+        except BaseException:
+            if shard is not None:
+                shards.note(self.path, shard, "error")
+            raise
         try:
             text = json.dumps(value, indent=2, sort_keys=True)
         except TypeError as err:
             raise TypeError(f"memo {name!r} at {key}: the value must be JSON (dicts, lists, str, numbers, bool, "
                             f"None), convert it first ({err})") from None
         write_text(path, text + "\n")
+        if shard is not None:
+            shards.note(self.path, shard, "computed")
         return json.loads(text)
+
+    def _shard_writes(self) -> bool:
+        """In a shard job results are written by the gather run only; a shard that left points
+        pending stops at its first write (its tables would be partial)."""
+        from prunelab import shards
+
+        if shards.stopped(self.path):
+            raise shards.ShardStop("results need points other shards compute")
+        return shards.current() is None
 
     def finish(self) -> None:
         """Mark the run complete (the runner skips complete runs unless forced)."""
+        from prunelab import shards
+
+        if shards.current() is not None:
+            raise shards.ShardStop("a shard never finishes a run: the gather run does")
         write_json(self.path / "complete.json", {"notebook": self.notebook, "hash": self.hash})
 
 
@@ -259,50 +300,72 @@ def cached_checkpoint(kind: str, params: dict[str, Any], train: Callable[[], dic
     import torch
 
     path = checkpoint_path(kind, params)
-    if path.exists():
-        try:
-            return load_checkpoint(path)
-        except CheckpointError as err:
-            if os.environ.get(REPLACE_BAD_CHECKPOINTS) != "1":
-                raise
-            print(f"{err.args[0].split(' (')[0]}: retraining and replacing it", flush=True)
-    obj = train()
-    with atomic_path(path) as tmp:
-        torch.save({**obj, "params": params}, tmp)
-    return obj
+    # Several jobs may want the same checkpoint at once (shards, notebooks of one study on a
+    # cluster): the first trains it under the lock, the others wait and then load it.
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.exists():
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as err:
+                if os.environ.get(REPLACE_BAD_CHECKPOINTS) != "1":
+                    raise
+                print(f"{err.args[0].split(' (')[0]}: retraining and replacing it", flush=True)
+        obj = train()
+        with atomic_path(path) as tmp:
+            torch.save({**obj, "params": params}, tmp)
+        return obj
 
 
 @contextmanager
-def run_lock(path: Path, what: str):
-    """Hold ``<path>/.lock`` (an exclusive ``flock``) for the block: one writer per run folder.
+def file_lock(path: Path, wait: bool = True):
+    """Hold an exclusive POSIX record lock (``lockf``) on ``path`` for the block.
 
-    Raises:
-        RuntimeError: another process holds it; names that process, its host and since when.
+    POSIX locks are the ones NFS (v4, or v3 with lockd) and other network file systems honour
+    across nodes, so shard jobs on a cluster sharing ``$PRUNELAB_RUNS`` exclude each other. The
+    file holds who has the lock (pid, host, since when) and is left in place (deleting a lock
+    file races with the next taker).
+
+    Yields:
+        the open lock file. Raises BlockingIOError when ``wait`` is False and another process holds it.
     """
     import fcntl
     import socket
     import time
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise RuntimeError(f"{what} is already running in {path} ({holder}); wait for it to finish "
-                               "(a complete run is then skipped) or stop it first") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         try:
-            yield
+            yield f
         finally:
             f.seek(0)
             f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+            f.flush()
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def run_lock(path: Path, what: str):
+    """Hold ``<path>/.lock`` for the block: one writer per run folder (`file_lock`).
+
+    Raises:
+        RuntimeError: another process holds it; names that process, its host and since when.
+    """
+    lock = Path(path) / ".lock"
+    try:
+        with file_lock(lock, wait=False):
+            yield
+    except (BlockingIOError, PermissionError) as err:
+        if isinstance(err, PermissionError) and err.errno not in (11, 13):
+            raise
+        holder = lock.read_text().strip() if lock.exists() else ""
+        raise RuntimeError(f"{what} is already running in {path} ({holder or 'another process'}); wait for it to "
+                           "finish (a complete run is then skipped) or stop it first") from None
 
 
 def collect_claims(root: Path | None = None) -> pd.DataFrame:

@@ -27,7 +27,8 @@ RESERVED = {  # names a notebook's parameters cell holds but `-p` must not set
 
 
 def notebooks_dir() -> Path:
-    return results.project_root() / "notebooks"
+    """The notebooks and their ``profiles/``: ``$PRUNELAB_NOTEBOOKS``, else ``<project>/notebooks``."""
+    return Path(os.environ.get("PRUNELAB_NOTEBOOKS") or results.project_root() / "notebooks")
 
 
 def notebooks() -> list[str]:
@@ -212,11 +213,18 @@ def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None =
     return run, True
 
 
-def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, progress: bool) -> None:
+def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, progress: bool,
+             output: Path | None = None, stop_ok: Any = None) -> None:
+    """Run the notebook into ``output`` (default ``<path>/<notebook>.ipynb``) and translate its failures.
+
+    ``stop_ok(err)`` True for a `papermill.PapermillExecutionError` means the notebook stopped
+    as intended (a shard that reached another shard's point): the output is kept, no error.
+    """
     import papermill
     from nbclient.exceptions import DeadKernelError
 
-    out, failed = path / f"{notebook}.ipynb", path / f"{notebook}.failed.ipynb"
+    out = Path(output or path / f"{notebook}.ipynb")
+    failed = out.with_name(f"{out.stem}.failed.ipynb")
     env_before = os.environ.get(results.REPLACE_BAD_CHECKPOINTS)
     if fresh:  # the kernel inherits it: retrain over a cached checkpoint that cannot be loaded
         os.environ[results.REPLACE_BAD_CHECKPOINTS] = "1"
@@ -230,6 +238,9 @@ def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, pro
     except papermill.PapermillExecutionError as err:
         if err.ename == "KeyboardInterrupt":
             raise Interrupted(_resume_hint(notebook, path)) from None
+        if stop_ok is not None and stop_ok(err):
+            os.replace(failed, out)
+            return
         first_line = (err.source or "").strip().splitlines()[:1]
         raise RuntimeError(f"{notebook} failed in cell {err.cell_index} (execution count {err.exec_count}: "
                            f"{first_line[0] if first_line else ''!r}) with {err.ename}: {err.evalue}; "

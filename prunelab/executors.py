@@ -1,0 +1,321 @@
+"""Where notebooks run: this machine (the default), sharded over worker processes (one per GPU
+when there are several), or a Slurm cluster through submitit.
+
+A sharded notebook runs in rounds of ``shards`` jobs (`prunelab.shards`), then one gather run
+executes it whole from the cached points and writes its tables, figures and claims: the same
+bytes as an unsharded run.  Notebooks without a grid (no ``run.memo``) are not sharded.  On
+Slurm, each round is a job array, the gather job waits for the last round (``afterany``: a
+failed shard's points are then computed by the gather), and the notebooks of a study wait for
+the one that trains their baseline (``afterok``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunelab import results, runner, shards
+
+EXECUTORS = ("local", "slurm")
+# Rounds of shard jobs: a point that needs other points' values (20 scores every method against
+# its cached dense model, then retrains the best methods) is reached in a later round.
+ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """The Slurm knobs of ``prunelab run --executor slurm`` (None: the cluster's default)."""
+
+    partition: str | None = None
+    gpus_per_job: int = 0
+    cpus_per_job: int = 1
+    mem_gb: float | None = None
+    time_min: int = 60
+    max_parallel: int = 0  # 0: no cap on the array's running jobs
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def shardable(notebook: str) -> bool:
+    """Whether ``notebook`` has a grid to split: a code cell that calls ``run.memo``."""
+    import nbformat
+
+    nb = nbformat.read(runner.notebooks_dir() / f"{notebook}.ipynb", as_version=4)
+    return any(c.cell_type == "code" and "run.memo(" in c.source for c in nb.cells)
+
+
+def check_shards(n: int) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"--shards {n!r}: give a whole number >= 1 (1 runs each notebook in one job)")
+    return n
+
+
+def run_shard(notebook: str, profile: str, overrides: dict[str, Any], index: int, n: int,
+              fresh: bool = False, gpu: int | None = None) -> dict[str, int]:
+    """Run shard ``index`` of ``n`` of ``notebook``: compute its reachable grid points.
+
+    Returns the shard's counts (``computed``, ``pending``). Runs in a worker process or a
+    Slurm job; ``gpu`` pins it to one GPU (``CUDA_VISIBLE_DEVICES``).
+
+    Raises:
+        RuntimeError: the notebook failed for a reason other than reaching another shard's point.
+    """
+    os.environ[shards.SHARD_ENV] = f"{index}/{n}"
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    params = runner.resolve(notebook, profile, overrides)
+    path = results.runs_root() / notebook / results.params_hash(notebook, params)
+    status = shards.status_path(path, (index, n))
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.unlink(missing_ok=True)
+
+    def stop_ok(err) -> bool:
+        counts = json.loads(status.read_text()) if status.exists() else {}
+        return err.ename == "ShardStop" or (counts.get("pending", 0) > 0 and not counts.get("error"))
+
+    try:
+        runner._execute(notebook, params, path, fresh, progress=False, stop_ok=stop_ok,
+                        output=path / "shards" / f"{index}of{n}.ipynb")
+    finally:
+        os.environ.pop(shards.SHARD_ENV, None)
+    return json.loads(status.read_text()) if status.exists() else {}
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, force: bool = False,
+              fresh: bool = False, progress: bool = True, log=print) -> tuple[results.Run, bool]:
+    """`runner.run_notebook`, with the grid split over ``n`` worker processes first (one per GPU
+    when this machine has several)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    params = runner.resolve(notebook, profile, overrides)
+    path = results.runs_root() / notebook / results.params_hash(notebook, params)
+    if n == 1 or not shardable(notebook):
+        return runner.run_notebook(notebook, profile, overrides, force=force, progress=progress, fresh=fresh)
+    if results.Run(path, notebook, params).complete and not (force or fresh):
+        return results.Run(path, notebook, params), False
+    if fresh:
+        shutil.rmtree(path / "cache", ignore_errors=True)
+    gpus = _local_gpus()
+    rounds = []
+    for r in range(ROUNDS):
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(run_shard, notebook, profile, overrides, i, n, fresh, i % gpus if gpus > 1 else None)
+                    for i in range(n)]
+            counts = [job.result() for job in jobs]
+        done = sum(c.get("computed", 0) for c in counts)
+        rounds.append(counts)
+        results.write_json(path / "shards" / "rounds.json", rounds)
+        log(f"    round {r + 1}: {n} shards computed {done} grid points", flush=True)
+        if done == 0 or not any(c.get("pending", 0) for c in counts):
+            break  # no shard progressed, or every shard ran to the end: the gather does the rest
+    return runner.run_notebook(notebook, profile, overrides, force=True, progress=progress)
+
+
+# ---- Slurm (submitit) ----
+
+def _shared_marker(root: Path) -> Path:
+    """A file the submitter writes and every job must see: proof the runs folder is shared."""
+    marker = root / ".prunelab-shared" / uuid.uuid4().hex
+    results.write_text(marker, f"written by {socket.gethostname()} pid {os.getpid()}\n")
+    return marker
+
+
+def _job_status(root: Path, job_id: str, state: str, detail: str = "") -> None:
+    results.write_json(root / "slurm" / "status" / f"{job_id}.json", {"state": state, "detail": detail,
+                                                                      "host": socket.gethostname()})
+
+
+def _slurm_job(kind: str, notebook: str, profile: str, overrides: dict[str, Any], index: int, n: int,
+               fresh: bool, marker: str, runs: str) -> dict:
+    """What one Slurm job runs (a shard, or the gather run); it records its own end state as JSON."""
+    import submitit
+
+    os.environ["PRUNELAB_RUNS"] = runs
+    job_id = submitit.JobEnvironment().job_id
+    root = Path(runs)
+    if not Path(marker).exists():
+        raise RuntimeError(f"$PRUNELAB_RUNS={runs} is not shared with node {socket.gethostname()}: it cannot see "
+                           f"{marker}, which the submitter wrote; put the runs folder on a file system every node mounts")
+    try:
+        if kind == "shard":
+            out = run_shard(notebook, profile, overrides, index, n, fresh)
+        else:
+            run, _ = runner.run_notebook(notebook, profile, overrides, force=True, progress=False)
+            out = {"run": str(run.path)}
+    except BaseException as err:
+        _job_status(root, job_id, "FAILED", " ".join(str(err).split())[:500])
+        raise
+    _job_status(root, job_id, "COMPLETED", json.dumps(out))
+    return out
+
+
+def _dependency(afterok: list[str], afterany: list[str]) -> str:
+    parts = [f"afterok:{':'.join(afterok)}"] if afterok else []
+    parts += [f"afterany:{':'.join(afterany)}"] if afterany else []
+    return ",".join(parts)
+
+
+def _master(job_id: str) -> str:
+    """An array job's id without its index (``123_4`` -> ``123``): a dependency on the whole array."""
+    return job_id.split("_")[0]
+
+
+def submit_slurm(names: list[str], profile: str, shares: dict[str, dict[str, Any]], n: int, cfg: SlurmConfig,
+                 force: bool = False, fresh: bool = False, log=print) -> list[dict]:
+    """Submit ``names`` to Slurm: per notebook, ``ROUNDS`` shard arrays and a gather job.
+
+    Returns the job records also appended to ``<runs>/slurm/jobs.jsonl`` (``prunelab status``).
+
+    Raises:
+        RuntimeError: no ``sbatch`` on this machine.
+    """
+    if shutil.which("sbatch") is None:
+        raise RuntimeError("--executor slurm needs Slurm's sbatch, which is not on this machine's PATH; "
+                           "run on a cluster's login node, or use --executor local")
+    import submitit
+
+    root = results.runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    marker = str(_shared_marker(root))
+    executor = submitit.AutoExecutor(folder=root / "slurm" / "logs" / "%j", cluster="slurm")
+    base = dict(timeout_min=cfg.time_min, cpus_per_task=cfg.cpus_per_job, slurm_partition=cfg.partition,
+                gpus_per_node=cfg.gpus_per_job or None, mem_gb=cfg.mem_gb,
+                slurm_array_parallelism=cfg.max_parallel or 1000)
+    base = {k: v for k, v in base.items() if v is not None}
+    studies = runner.studies()
+    gathers: dict[str, str] = {}
+    records = []
+
+    def submit(kind, name, afterok, afterany, count=1):
+        extra = {"kill-on-invalid-dep": "yes", **cfg.extra}
+        dep = _dependency(afterok, afterany)
+        if dep:
+            extra["dependency"] = dep
+        executor.update_parameters(**base, name=f"prunelab-{name}-{kind}", slurm_additional_parameters=extra)
+        args = (kind, name, profile, shares[name])
+        if kind == "gather":
+            jobs = [executor.submit(_slurm_job, *args, 0, n, fresh, marker, str(root))]
+        else:
+            jobs = executor.map_array(_slurm_job, *[[a] * count for a in args], list(range(count)), [n] * count,
+                                      [fresh] * count, [marker] * count, [str(root)] * count)
+        return [(j.job_id, str(j.paths.stderr)) for j in jobs]
+
+    for name in names:
+        params = runner.resolve(name, profile, shares[name])
+        path = root / name / results.params_hash(name, params)
+        if results.Run(path, name, params).complete and not (force or fresh):
+            log(f"    {name}: complete, skipped (use --force to rerun)")
+            continue
+        if fresh:
+            shutil.rmtree(path / "cache", ignore_errors=True)
+        study = next((s for s, members in studies.items() if name in members), None)
+        first = studies[study][0] if study else None
+        afterok = [gathers[first]] if study and name != first and first in gathers else []
+        previous: list[str] = []
+        if n > 1 and shardable(name):
+            for r in range(ROUNDS):
+                ids = submit("shard", name, afterok, [_master(previous[0][0])] if previous else [], n)
+                records += [dict(notebook=name, profile=profile, hash=path.name, kind="shard", round=r + 1,
+                                 index=i, job_id=j, log=err) for i, (j, err) in enumerate(ids)]
+                previous = ids
+        [(gid, err)] = submit("gather", name, afterok, [_master(previous[0][0])] if previous else [])
+        gathers[name] = gid
+        records.append(dict(notebook=name, profile=profile, hash=path.name, kind="gather", round=0, index=0,
+                            job_id=gid, log=err))
+        log(f"    {name}: submitted {n * ROUNDS if previous else 0} shard jobs and gather job {gid}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    lines = "".join(json.dumps({**r, "submitted": stamp}) + "\n" for r in records)
+    with results.file_lock(root / "slurm" / "jobs.jsonl.lock"):
+        old = (root / "slurm" / "jobs.jsonl").read_text() if (root / "slurm" / "jobs.jsonl").exists() else ""
+        results.write_text(root / "slurm" / "jobs.jsonl", old + lines)
+    return records
+
+
+# ---- status ----
+
+def _queue_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of jobs still known to the scheduler (``squeue``); empty without Slurm."""
+    import subprocess
+
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                         text=True).stdout
+    return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())
+
+
+def job_states(root: Path | None = None) -> list[dict]:
+    """Every submitted job with its state: PENDING/RUNNING (from ``squeue``), COMPLETED or FAILED
+    (recorded by the job itself), or ENDED (gone from the queue without a record: killed, timed
+    out or out of memory; see its log)."""
+    root = root or results.runs_root()
+    path = root / "slurm" / "jobs.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    queued = _queue_states([r["job_id"] for r in records])
+    for r in records:
+        done = root / "slurm" / "status" / f"{r['job_id']}.json"
+        if r["job_id"] in queued:
+            r["state"] = queued[r["job_id"]]
+        elif done.exists():
+            r.update(json.loads(done.read_text()))
+        else:
+            r["state"] = "ENDED"
+    return records
+
+
+def status(root: Path | None = None, profile: str | None = None) -> str:
+    """A page per run folder: grid points done out of those seen, complete or not, and its jobs."""
+    root = root or results.runs_root()
+    jobs = job_states(root)
+    lines = []
+    for params_file in sorted(root.glob("*/*/params.json")):
+        path = params_file.parent
+        run_profile = json.loads(params_file.read_text()).get("profile", "")
+        if profile and run_profile != profile:
+            continue
+        done, seen = len(list(path.glob("cache/*.json"))), len(list(path.glob("points/*.json")))
+        state = "complete" if (path / "complete.json").exists() else "not complete"
+        lines.append(f"{path.parent.name} [{run_profile}] {path.name}: {done}/{seen} grid points, {state}")
+        for j in [j for j in jobs if j["hash"] == path.name and j["notebook"] == path.parent.name]:
+            what = f"shard {j['index']} round {j['round']}" if j["kind"] == "shard" else "gather"
+            tail = f", log {j['log']}" if j["state"] in ("FAILED", "ENDED") else ""
+            detail = f": {j['detail']}" if j["state"] == "FAILED" and j.get("detail") else ""
+            lines.append(f"    job {j['job_id']} ({what}) {j['state']}{detail}{tail}")
+    return "\n".join(lines) if lines else f"no runs under {root}"
+
+
+def wait_slurm(records: list[dict], poll_s: float = 5.0, log=print) -> list[dict]:
+    """Block until every job in ``records`` has left the queue; returns their final states.
+
+    Raises:
+        RuntimeError: a gather job did not complete (names it and its log).
+    """
+    ids = {r["job_id"] for r in records}
+    last = ""
+    while True:
+        states = [j for j in job_states() if j["job_id"] in ids]
+        waiting = [j for j in states if j["state"] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+        line = f"    {len(states) - len(waiting)}/{len(states)} jobs finished"
+        if line != last:
+            log(line, flush=True)
+            last = line
+        if not waiting:
+            break
+        time.sleep(poll_s)
+    bad = [j for j in states if j["kind"] == "gather" and j["state"] != "COMPLETED"]
+    if bad:
+        raise RuntimeError("; ".join(f"{j['notebook']}: gather job {j['job_id']} {j['state']}"
+                                     f"{': ' + j['detail'] if j.get('detail') else ''} (log {j['log']})" for j in bad))
+    return states

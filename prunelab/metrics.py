@@ -2,18 +2,41 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block ``model`` is in eval mode; on exit every submodule gets back the mode it had.
+
+    >>> net = nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)).train()
+    >>> _ = net[1].eval()  # a frozen batch-norm inside a training model stays frozen
+    >>> with eval_mode(net):
+    ...     net.training
+    False
+    >>> net.training, net[0].training, net[1].training
+    (True, True, False)
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on (x, y)."""
-    model.eval()
+    """Top-1 accuracy of ``model`` on (x, y), in eval mode (the model's own mode is restored after)."""
     correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for i in range(0, x.shape[0], batch_size):
-        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
     return float(correct) / x.shape[0]
 
 
@@ -28,28 +51,29 @@ def count_nonzero(model: nn.Module) -> int:
 def flops(model: nn.Module, *inputs: Tensor) -> int:
     """Floating-point operations of one forward pass, counted by ``torch.utils.flop_counter``.
 
-    A multiply-add counts as 2 FLOPs (the counter's convention).
+    A multiply-add counts as 2 FLOPs (the counter's convention). Counted in eval mode; the model's
+    own mode is restored after.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
         model(*inputs)
     return int(counter.get_total_flops())
 
 
 @torch.no_grad()
 def latency(model: nn.Module, x: Tensor, *, warmup: int = 3, repeats: int = 10) -> float:
-    """Median seconds of one forward pass on ``x`` (synchronising CUDA around each pass)."""
-    model.eval()
+    """Median seconds of one forward pass on ``x`` in eval mode (synchronising CUDA around each pass);
+    the model's own mode is restored after."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    for _ in range(warmup):
-        model(x)
     times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        model(x)
-        sync()
-        times.append(time.perf_counter() - start)
+    with eval_mode(model):
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]

@@ -2,102 +2,172 @@
 
 A *filter plan* maps conv module names to the output channels (filters) to remove. Removal runs
 in two steps (Torch-Pruning's split): `check_plan` validates the whole plan before anything
-mutates, then `remove_filters_` prunes each conv's dependency group, so the change propagates to
-the following batch-norm, conv and linear layers (through ``flatten`` too).
+mutates, then `remove_filters_` prunes each entry's dependency group, so the change propagates
+to the following batch-norm, conv and linear layers (through ``flatten`` and ``cat`` too).
 
-Residual additions tie the output channels of several convs (a ResNet stage's stem/shortcut and
-every block's last conv). Such a conv is *coupled*: its plan entry removes the same channels from
-every conv of its group at once (Torch-Pruning's group), and two entries of one group are refused.
-`independent` lists the convs that can be pruned alone; the pruning loop ranks only those.
+Groups. The dependency graph ties the output channels of several convs together: residual
+additions (a ResNet stage's stem/shortcut and every block's last conv), depthwise convs (their
+channels are their producer's), squeeze-excitation gates (the gate's channels scale the block's).
+Such convs form one *group* (Torch-Pruning's): removing channel k removes it from every member
+at once. A group is named by its first conv in module order, its *leader*; `rankable` lists the
+leaders of the groups that can be pruned (criteria score one vector per group) and `independent`
+those of one conv only. A plan entry may name any member, with indices numbering the leader's
+channels; two entries of one group are refused.
 
-`masked_filters` is the reference semantics: a removed filter's feature map (the output of the
-batch-norm that follows the conv, else of the conv) is zeroed. In eval mode the physically
-pruned net computes the same function as the masked one.
+Never pruned (listed with their ``reason``; a plan or criterion asking for them is refused):
+a group whose channels reach the model's output without passing a conv or linear layer
+(SqueezeNet's classifier conv: its channels are the classes), a group holding a grouped conv
+that is not depthwise, or one whose channels reach a layer that mixes them (LayerNorm, ...).
+
+`masked_filters` is the reference semantics and acts where removal acts: a removed channel is
+zeroed at the input of every conv and linear layer that consumes it (the group's in-channel
+dependencies). A zeroing of the conv's output would not do: a batch-norm after a concatenation
+(DenseNet) or a depthwise conv turns a zero into a constant. In eval mode the physically pruned
+net computes the same function as the masked one.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from prunelab.metrics import eval_mode
+
 Plan = dict[str, list[int]]
+Inputs = tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+
+_OP = tp.ops.OPTYPE
+# Layers a removed channel may pass through on its way to a consumer: each acts channel by
+# channel (or only re-indexes channels), so zeroing the channel at the consumer equals removing it.
+_CHANNELWISE = {_OP.BN, _OP.IN, _OP.PRELU, _OP.ELEMENTWISE, _OP.CONCAT, _OP.SPLIT, _OP.SLICE, _OP.RESHAPE,
+                _OP.UNBIND, _OP.EXPAND, _OP.CONV, _OP.DEPTHWISE_CONV, _OP.LINEAR}
 
 
 @dataclass(frozen=True)
 class FilterLayer:
-    """One conv whose filters can be removed.
+    """One conv and the dependency group its filters belong to.
 
     Attributes:
         name: the conv's module name.
-        point: module whose output holds its feature maps (the following BatchNorm2d, else the conv).
-        n_filters: its current number of output channels.
-        coupled: other convs whose output channels are tied to this one's by residual additions.
+        point: module whose output holds its feature maps (the following batch-norm, else the conv).
+        n_filters: its current number of output channels (the group's channels).
+        members: the convs of its group in module order, the leader first (empty: the conv alone).
+        reason: why the group is never pruned ("" when it can be).
+        inputs: where removal acts on consumers: (module name, its input-channel indices, the group
+            channel each one comes from) per conv or linear layer reading the group's channels.
     """
 
     name: str
     point: str
     n_filters: int
-    coupled: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    reason: str = ""
+    inputs: Inputs = field(default=(), repr=False)
+
+    @property
+    def leader(self) -> str:
+        """Name of the group's first conv, which names the group."""
+        return self.members[0] if self.members else self.name
+
+    @property
+    def coupled(self) -> tuple[str, ...]:
+        """The other convs whose output channels are tied to this one's (sorted)."""
+        return tuple(sorted(set(self.members) - {self.name}))
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reason
 
 
 def build_graph(model: nn.Module, example: Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` traced on ``example`` (a batch of inputs)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
-    finally:
-        model.train(was_training)
 
 
-def _group_convs(graph: tp.DependencyGraph, conv: nn.Conv2d, names: dict) -> list[tuple[str, list[int]]]:
-    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0])
-    return [(names[dep.target.module], list(idxs)) for dep, idxs in group
-            if isinstance(dep.target.module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler)]
+def _is_depthwise(conv: nn.Module) -> bool:
+    return conv.groups == conv.in_channels == conv.out_channels
+
+
+def _describe(graph: tp.DependencyGraph, group, names: dict) -> tuple[tuple[str, ...], str, Inputs]:
+    """Members (convs whose out channels the group prunes), the reason it cannot be pruned, its consumers."""
+    members, inputs, reasons = [], [], []
+    for item in group:
+        dep, module = item.dep, item.dep.target.module
+        kind, name = dep.target.type, names.get(module, type(module).__name__)
+        if kind == _OP.OUTPUT:
+            reasons.append("its channels are the model's output (they reach it through no conv or linear layer); "
+                           "output channels are never pruned")
+        elif kind not in _CHANNELWISE:
+            reasons.append(f"its channels reach {name} ({type(module).__name__}), whose pruning prunelab cannot mask")
+        elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not _is_depthwise(module):
+            reasons.append(f"its channels reach {name}, a grouped conv (groups={module.groups}); only depthwise "
+                           "convs (groups = channels) are pruned")
+        elif isinstance(module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
+            members.append(name)
+        elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and graph.is_in_channel_pruning_fn(dep.handler):
+            inputs.append((name, tuple(int(i) for i in item.idxs), tuple(int(r) for r in item.root_idxs)))
+    order = {n: i for i, n in enumerate(names.values())}
+    return tuple(sorted(set(members), key=order.get)), "; ".join(dict.fromkeys(reasons)), tuple(inputs)
+
+
+def _point(graph: tp.DependencyGraph, conv: nn.Conv2d, name: str, names: dict) -> str:
+    outputs = graph.module2node[conv].outputs
+    if len(outputs) == 1 and isinstance(outputs[0].module, nn.BatchNorm2d):
+        return names[outputs[0].module]
+    return name
 
 
 def filter_layers(model: nn.Module, example: Tensor, graph: tp.DependencyGraph | None = None) -> dict[str, FilterLayer]:
-    """Every (non-grouped) ``nn.Conv2d`` of ``model``, in module order, with its feature-map point and couplings.
+    """Every ``nn.Conv2d`` of ``model``, in module order, with its feature-map point and dependency group.
 
     ``graph`` reuses a dependency graph already traced on ``model`` (else one is traced on ``example``).
 
     >>> from prunelab.models.cnn import alexnet_small
     >>> layers = filter_layers(alexnet_small(), torch.zeros(1, 1, 32, 32))
-    >>> list(layers), layers["conv1"].n_filters
-    (['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 32)
+    >>> list(layers), layers["conv1"].n_filters, layers["conv1"].coupled
+    (['conv1', 'conv2', 'conv3', 'conv4', 'conv5'], 32, ())
     """
     graph = graph or build_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
-    layers = {}
-    for name, conv in model.named_modules():
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    layers: dict[str, FilterLayer] = {}
+    for name, conv in convs.items():
+        if name in layers:
             continue
-        outputs = graph.module2node[conv].outputs
-        point = name
-        if len(outputs) == 1 and isinstance(outputs[0].module, nn.BatchNorm2d):
-            point = names[outputs[0].module]
-        coupled = tuple(sorted({n for n, _ in _group_convs(graph, conv, names)} - {name}))
-        layers[name] = FilterLayer(name, point, conv.out_channels, coupled)
-    return layers
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+        members, reason, inputs = _describe(graph, group, names)
+        members = members if name in members else (name, *members)
+        for m in members:
+            if m in layers:  # Torch-Pruning's groups partition the convs; refuse to guess if one does not
+                raise RuntimeError(f"{m!r} is in the dependency groups of both {layers[m].leader!r} and {name!r}")
+            layers[m] = FilterLayer(m, _point(graph, convs[m], m, names), convs[m].out_channels, members, reason, inputs)
+    return {n: layers[n] for n in convs}
+
+
+def rankable(layers: Mapping[str, FilterLayer]) -> list[str]:
+    """Leaders of the groups whose filters can be removed (the units a criterion scores and a loop prunes)."""
+    return [n for n, layer in layers.items() if layer.prunable and layer.leader == n]
 
 
 def independent(layers: Mapping[str, FilterLayer]) -> list[str]:
-    """Names of the convs whose filters can be removed alone (no residual coupling)."""
-    return [n for n, layer in layers.items() if not layer.coupled]
+    """Names of the prunable convs whose group is themselves alone (no residual, depthwise or gate coupling)."""
+    return [n for n in rankable(layers) if not layers[n].coupled]
 
 
 def check_plan(plan: Mapping[str, Sequence[int]], layers: Mapping[str, FilterLayer], min_filters: int = 1) -> Plan:
     """Validate ``plan`` against ``layers``; return it with sorted, de-duplicated int indices.
 
     Raises:
-        KeyError: a layer name that is not a prunable conv.
+        KeyError: a layer name that is not a conv.
         IndexError: a filter index outside ``[0, n_filters)``.
-        ValueError: ``min_filters < 1``; a plan leaving fewer than ``min_filters`` filters in a layer
-            (an emptied layer included); two entries of one residual-coupled group.
+        ValueError: ``min_filters < 1``; a conv that is never pruned (the output layer, ...); a plan
+            leaving fewer than ``min_filters`` filters in a layer (an emptied layer included); two
+            entries of one group.
 
     >>> check_plan({"conv1": [3, 1, 3]}, {"conv1": FilterLayer("conv1", "conv1", 4)})
     {'conv1': [1, 3]}
@@ -106,9 +176,7 @@ def check_plan(plan: Mapping[str, Sequence[int]], layers: Mapping[str, FilterLay
         raise ValueError(f"min_filters={min_filters!r} must be at least 1: a layer is never emptied")
     clean, owner = {}, {}
     for name, idxs in plan.items():
-        if name not in layers:
-            raise KeyError(f"unknown layer {name!r}; prunable conv layers are {', '.join(layers)}")
-        layer = layers[name]
+        layer = prunable_layer(layers, name)
         idxs = sorted({int(i) for i in idxs})
         if idxs and (idxs[0] < 0 or idxs[-1] >= layer.n_filters):
             bad = idxs[0] if idxs[0] < 0 else idxs[-1]
@@ -117,22 +185,32 @@ def check_plan(plan: Mapping[str, Sequence[int]], layers: Mapping[str, FilterLay
         if left < min_filters:
             raise ValueError(f"the plan removes {len(idxs)} of {layer.n_filters} filters of {name!r}, leaving {left}; "
                              f"at least min_filters={min_filters} must stay")
-        for member in (name, *layer.coupled):
-            if member in owner:
-                raise ValueError(f"{name!r} and {owner[member]!r} share output channels through a residual addition; "
-                                 "give their group once in the plan")
-            owner[member] = name
+        if layer.leader in owner:
+            raise ValueError(f"{name!r} and {owner[layer.leader]!r} share output channels (one dependency group: "
+                             f"{', '.join(layer.members)}); give their group once in the plan")
+        owner[layer.leader] = name
         if idxs:
             clean[name] = idxs
     return clean
 
 
+def prunable_layer(layers: Mapping[str, FilterLayer], name: str) -> FilterLayer:
+    """``layers[name]`` if it can be pruned; else a KeyError (no such conv) or ValueError (never pruned)."""
+    if name not in layers:
+        offered = rankable(layers)
+        shown = ", ".join(offered[:12]) + (f", ... ({len(offered)} in all)" if len(offered) > 12 else "")
+        raise KeyError(f"unknown layer {name!r}; prunable conv layers are {shown}")
+    if not layers[name].prunable:
+        raise ValueError(f"{name!r} cannot be pruned: {layers[name].reason}")
+    return layers[name]
+
+
 def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example: Tensor, min_filters: int = 1) -> nn.Module:
     """Physically remove the planned filters from ``model`` (in place) and return it.
 
-    Each entry prunes its conv's Torch-Pruning group: the conv's out channels, the following
-    batch-norm, the next convs' in channels and linear in-features (through flatten), and, for
-    a coupled conv, the same channels of every conv tied to it by residual additions.
+    Each entry prunes its conv's Torch-Pruning group: the out channels of every member conv
+    (residual-coupled convs, depthwise convs, gates), the batch-norms after them, the next convs'
+    in channels and linear in-features (through flatten and concatenation).
 
     Args:
         plan: conv name -> filter indices (as numbered before this call).
@@ -148,42 +226,51 @@ def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     (62, 992)
     """
     graph = build_graph(model, example)
-    plan = check_plan(plan, filter_layers(model, example, graph), min_filters)
+    layers = filter_layers(model, example, graph)
+    plan = check_plan(plan, layers, min_filters)
     modules = dict(model.named_modules())
     for name, idxs in plan.items():
-        group = graph.get_pruning_group(modules[name], tp.prune_conv_out_channels, idxs=idxs)
+        group = graph.get_pruning_group(modules[layers[name].leader], tp.prune_conv_out_channels, idxs=idxs)
         group.prune()
     return model
 
 
-def mask_points(plan: Mapping[str, Sequence[int]], layers: Mapping[str, FilterLayer]) -> dict[str, list[int]]:
-    """Feature-map point -> channels zeroed by ``plan`` (coupled convs included)."""
-    points: dict[str, set[int]] = {}
-    for name, idxs in plan.items():
-        for member in (name, *layers[name].coupled):
-            points.setdefault(layers[member].point, set()).update(int(i) for i in idxs)
-    return {p: sorted(c) for p, c in points.items()}
+def masked_inputs(plan: Mapping[str, Sequence[int]], layers: Mapping[str, FilterLayer]) -> dict[str, list[int]]:
+    """Consumer module -> the input channels (or in-features) ``plan`` zeroes there, every group included.
+
+    >>> from prunelab.models.cnn import alexnet_small
+    >>> layers = filter_layers(alexnet_small(widths=(4, 4, 4, 4, 4)), torch.zeros(1, 1, 32, 32))
+    >>> masked_inputs({"conv1": [0, 2]}, layers)
+    {'conv2': [0, 2]}
+    """
+    zeroed: dict[str, set[int]] = {}
+    for name, idxs in check_plan(plan, layers).items():
+        chosen = set(idxs)
+        for consumer, channels, roots in layers[name].inputs:
+            zeroed.setdefault(consumer, set()).update(c for c, r in zip(channels, roots) if r in chosen)
+    return {n: sorted(c) for n, c in zeroed.items()}
 
 
 @contextmanager
 def masked_filters(model: nn.Module, plan: Mapping[str, Sequence[int]], layers: Mapping[str, FilterLayer]) -> Iterator[nn.Module]:
-    """Within the block, ``model`` runs with the planned feature maps zeroed (forward hooks, removed on exit).
+    """Within the block, ``model`` runs as if ``plan`` were removed: the planned channels are zeroed at
+    the input of every conv and linear layer that reads them (forward pre-hooks, removed on exit).
 
     >>> from prunelab.models.cnn import alexnet_small
     >>> net = alexnet_small(); layers = filter_layers(net, torch.zeros(1, 1, 32, 32))
     >>> with masked_filters(net, {"conv1": [0]}, layers):
     ...     y = net(torch.zeros(1, 1, 32, 32))
     """
-    plan = check_plan(plan, layers, min_filters=1)
     modules = dict(model.named_modules())
     handles = []
     try:
-        for point, idxs in mask_points(plan, layers).items():
-            def hook(_module, _inputs, out, idxs=torch.tensor(idxs)):
-                keep = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)
-                keep[idxs.to(out.device)] = 0
-                return out * keep.view(1, -1, *([1] * (out.ndim - 2)))
-            handles.append(modules[point].register_forward_hook(hook))
+        for consumer, idxs in masked_inputs(plan, layers).items():
+            def hook(_module, args, idxs=torch.tensor(idxs)):
+                x = args[0]
+                keep = torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
+                keep[idxs.to(x.device)] = 0
+                return (x * keep.view(1, -1, *([1] * (x.ndim - 2))), *args[1:])
+            handles.append(modules[consumer].register_forward_pre_hook(hook))
         yield model
     finally:
         for h in handles:

@@ -3,7 +3,9 @@ repeat until a FLOPs or filter target, measuring every level.
 
 Each level records accuracy, parameters, FLOPs (``torch.utils.flop_counter``, per image),
 the median CPU latency of one forward pass at a stated batch size (and CUDA latency when the
-model lives on a GPU), and fine-tuning seconds per epoch.
+model lives on a GPU), and fine-tuning seconds per epoch. The ranked units are the prunable
+dependency groups (`prunelab.removal.rankable`: a conv with the depthwise convs, gates and
+residual partners that share its channels; never the output layer), each named by its leader.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prunelab import metrics, train
-from prunelab.criteria.filters import get_filter_criterion
+from prunelab.criteria.filters import describe_normalization, get_filter_criterion
 from prunelab.models.cnn import check_input_shape
-from prunelab.removal import filter_layers, independent, plan_from_scores, remove_filters_
+from prunelab.removal import filter_layers, plan_from_scores, rankable, remove_filters_
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class PruneConfig:
 
     Attributes:
         criterion: a key of ``FILTER_CRITERIA``.
+        normalize: layer-wise score normalisation, one of ``criteria.filters.NORMALIZATIONS`` (``"l2"``:
+            every criterion's scores divided by their L2 norm per layer before the global ranking).
         filters_per_step: filters removed per iteration (k).
         finetune_epochs: fine-tuning epochs after each removal (n steps = epochs x batches per epoch).
         target_flops: stop once FLOPs <= this fraction of the original (None: no FLOPs target).
@@ -37,6 +41,7 @@ class PruneConfig:
     """
 
     criterion: str = "taylor"
+    normalize: str = "l2"
     filters_per_step: int = 8
     finetune_epochs: int = 1
     lr: float = 1e-4
@@ -95,6 +100,7 @@ def check_targets(model: nn.Module, example: Tensor, names: list[str], cfg: Prun
             raise ValueError(f"target_flops={cfg.target_flops} is unreachable: keeping min_filters={cfg.min_filters} "
                              f"in each of {', '.join(names)} leaves {reachable:.4f} of the FLOPs; choose a fraction in "
                              f"[{reachable:.4f}, 1]")
+    describe_normalization(cfg.normalize)  # an unknown normalisation is refused before any work
     if cfg.filters_per_step < 1:
         raise ValueError(f"filters_per_step={cfg.filters_per_step} must be at least 1")
 
@@ -117,7 +123,7 @@ def prune_iteratively(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfi
     check_input_shape(model, tuple(data["x_train"].shape[1:]))
     model = copy.deepcopy(model).eval()
     example = data["x_train"][:1]
-    names = independent(filter_layers(model, example))
+    names = rankable(filter_layers(model, example))
     check_targets(model, example, names, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     xs, ys = data["x_train"][:cfg.score_examples], data["y_train"][:cfg.score_examples]
@@ -133,7 +139,7 @@ def prune_iteratively(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfi
     bar = tqdm(desc=f"pruning ({cfg.criterion})", disable=not progress, leave=False)
     while not _reached(levels[-1], flops0, layers, names, cfg):
         t = time.perf_counter()
-        scores = score(model, names, batches=batches, layers=layers, generator=gen)
+        scores = score(model, names, batches=batches, layers=layers, generator=gen, normalize=cfg.normalize)
         score_s = time.perf_counter() - t
         capacity = sum(layers[n].n_filters - cfg.min_filters for n in names)
         plan = plan_from_scores(scores, min(cfg.filters_per_step, capacity), cfg.min_filters)

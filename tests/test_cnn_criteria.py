@@ -42,7 +42,7 @@ def test_taylor_equals_hand_computation_of_eq8():
     expected /= 5
     expected /= expected.norm()
     assert torch.allclose(scores["conv"], expected, atol=1e-6)
-    raw = filters.taylor(net, ["conv"], batches=[(x, y)], normalize=False)["conv"]
+    raw = filters.taylor(net, ["conv"], batches=[(x, y)], normalize="none")["conv"]
     assert torch.allclose(raw / raw.norm(), expected, atol=1e-6) and not torch.allclose(raw, expected)
     assert not any(m._forward_hooks for m in net.modules())  # hooks only while scoring
 
@@ -80,16 +80,16 @@ def test_oracle_with_batchnorm_matches_physical_removal():
 def test_other_criteria_shapes_and_values():
     net, x, y = _tiny()
     batches = [(x, y)]
-    w = filters.weight_norm(net, batches=batches)
-    assert torch.allclose(w["conv2"], net.conv2.weight.detach().flatten(1).norm(dim=1))
-    act = filters.mean_activation(net, batches=batches)["conv"]
+    w = filters.weight_norm(net, batches=batches, normalize="none")  # the paper's Θ_MW: mean of squared weights
+    assert torch.allclose(w["conv2"], net.conv2.weight.detach().pow(2).mean(dim=(1, 2, 3)))
+    act = filters.mean_activation(net, batches=batches, normalize="none")["conv"]
     assert torch.allclose(act, torch.relu(net.conv(x)).mean(dim=(0, 2, 3)).detach(), atol=1e-6)
-    ap = filters.apoz(net, batches=batches)["conv"]
+    ap = filters.apoz(net, batches=batches, normalize="none")["conv"]
     assert torch.allclose(ap, 1 - (net.conv(x) <= 0).float().mean(dim=(0, 2, 3)))
     r1 = filters.random_filters(net, batches=batches, generator=torch.Generator().manual_seed(3))
     r2 = filters.random_filters(net, batches=batches, generator=torch.Generator().manual_seed(3))
     assert torch.equal(r1["conv"], r2["conv"])
-    o = filters.obd(net, batches=batches)
+    o = filters.obd(net, batches=batches, normalize="none")
     fisher = torch.zeros_like(net.conv.weight)
     for n in range(5):
         (g,) = torch.autograd.grad(nn.functional.cross_entropy(net(x[n:n + 1]), y[n:n + 1]), net.conv.weight)

@@ -7,8 +7,10 @@
 #
 # **Paper.** Molchanov, Tyree, Karras, Aila & Kautz (ICLR 2017), *Pruning Convolutional Neural
 # Networks for Resource Efficient Inference*: AlexNet/VGG-16 fine-tuned on Flowers-102/Birds-200;
-# Taylor first-order criterion (Eq. 8, layer-wise L2 normalised) against minimum weight, mean
-# activation, APoZ, OBD and random, scored by Spearman rank correlation with the oracle.
+# Taylor first-order criterion (Eq. 8) against minimum weight, mean activation, APoZ, OBD and
+# random, scored by Spearman rank correlation with the oracle. Every criterion gets the same
+# layer-wise normalisation (`normalize`: the paper's Sec. 2.3 L2 by default, or raw scores); the
+# oracle stays raw, as the paper's reference.
 # `default` transfers a small AlexNet-style net from Fashion-MNIST to scikit-learn's digits;
 # `paper` fine-tunes torchvision's ImageNet AlexNet on Flowers-102.
 #
@@ -38,6 +40,7 @@ first_share = None   # share of filters each criterion would remove first
 score_examples = None  # held training examples used by every criterion and the oracle
 score_batch = None
 obd_examples = None  # per-example gradients used by OBD's empirical Fisher
+normalize = None     # l2 | none: layer-wise normalisation applied to every criterion (the oracle stays raw)
 run_dir = ""         # set by `prunelab run`
 
 # %%
@@ -56,7 +59,7 @@ P, run = runner.start("30_filter_oracle", profile=profile, run_dir=run_dir, arch
                       source_train=source_train, source_epochs=source_epochs, lr=lr, batch_size=batch_size,
                       transfer_epochs=transfer_epochs, transfer_lr=transfer_lr, seed=seed, criteria=criteria,
                       first_share=first_share, score_examples=score_examples, score_batch=score_batch,
-                      obd_examples=obd_examples)
+                      obd_examples=obd_examples, normalize=normalize)
 device = train.pick_device()
 print(f"profile {P.profile}; device {device}; run folder {run.path}")
 
@@ -67,7 +70,7 @@ print(f"profile {P.profile}; device {device}; run folder {run.path}")
 # %%
 model, data, info = transfer.transferred_model(vars(P), device, progress=True)
 layers = removal.filter_layers(model, data["x_train"][:1])
-names = removal.independent(layers)
+names = removal.rankable(layers)  # dependency groups, each named by its first conv; never the output layer
 summary = pd.DataFrame([dict(source_accuracy=info["source_accuracy"], target_accuracy=info["target_accuracy"],
                              filters=sum(layers[n].n_filters for n in names), layers=len(names))])
 run.save_table("model", summary)
@@ -75,16 +78,19 @@ summary
 
 # %% [markdown]
 # ## Every criterion and the oracle on the same held batches
-# The oracle masks each filter alone (its feature map zeroed, equal to physical removal in eval
+# The oracle masks each filter alone (zeroed where removal acts, equal to physical removal in eval
 # mode) and records the loss change: `oracle` = |dC| (the paper's oracle-abs), `oracle_loss` = dC.
+# Every criterion is normalised per layer as `normalize` says; the oracle stays raw.
 
 # %%
 xs, ys = data["x_train"][:P.score_examples], data["y_train"][:P.score_examples]
 batches = [(xs[i:i + P.score_batch], ys[i:i + P.score_batch]) for i in range(0, len(xs), P.score_batch)]
 context = dict(batches=batches, layers=layers, generator=torch.Generator().manual_seed(P.seed), max_examples=P.obd_examples)
-scores = {c: filters.FILTER_CRITERIA[c](model, names, **context) for c in tqdm(P.criteria, desc="criteria")}
-reference = {r: filters.FILTER_CRITERIA[r](model, names, **context, progress=True) for r in ("oracle", "oracle_loss")}
+scores = {c: filters.FILTER_CRITERIA[c](model, names, **context, normalize=P.normalize) for c in tqdm(P.criteria, desc="criteria")}
+reference = {r: filters.FILTER_CRITERIA[r](model, names, **context, normalize="none", progress=True) for r in ("oracle", "oracle_loss")}
 corr = pd.concat([filters.oracle_correlation(scores, reference[r]).assign(reference=r) for r in reference], ignore_index=True)
+corr["normalize"] = P.normalize
+scored = f"{filters.describe_normalization(P.normalize)}; oracle raw"
 run.save_table("correlation", corr)
 corr[corr.reference == "oracle"].pivot(index="criterion", columns="layer", values="spearman").loc[P.criteria].round(3)
 
@@ -94,13 +100,13 @@ for ax, (ref, part) in zip(axes, corr.groupby("reference")):
     grid = part.pivot(index="criterion", columns="layer", values="spearman").loc[P.criteria, [*names, "all layers"]]
     sns.heatmap(grid, annot=True, fmt=".2f", cmap="RdBu_r", vmin=-1, vmax=1, ax=ax, cbar=ax is axes[-1])
     ax.set_title(f"Spearman correlation with {ref}")
-fig.suptitle(f"{P.arch} on {P.target}: criteria vs oracle ({P.score_examples} held examples)")
+fig.suptitle(f"{P.arch} on {P.target}: criteria vs oracle ({P.score_examples} held examples)\n{scored}")
 run.save_figure(fig, "oracle_correlation")
 
 # %% [markdown]
 # ## Which layers would each criterion prune first?
-# The `first_share` lowest-ranked filters of a global ranking (each criterion's own normalisation),
-# as a share of each layer's filters.
+# The `first_share` lowest-ranked filters of a global ranking (every criterion normalised as
+# `normalize` says), as a share of each layer's filters.
 
 # %%
 total = sum(layers[n].n_filters for n in names)
@@ -109,11 +115,12 @@ for crit, s in {**scores, "oracle": reference["oracle"]}.items():
     plan = removal.plan_from_scores(s, int(P.first_share * total), min_filters=1)
     rows += [dict(criterion=crit, layer=n, depth=i, removed=len(plan.get(n, [])), share=len(plan.get(n, [])) / layers[n].n_filters)
              for i, n in enumerate(names)]
-first = pd.DataFrame(rows)
+first = pd.DataFrame(rows).assign(normalize=P.normalize)
 run.save_table("pruned_first", first)
 fig, ax = plt.subplots(figsize=(9, 3.5))
 sns.barplot(data=first, x="layer", y="share", hue="criterion", ax=ax)
 ax.set_ylabel(f"share of layer's filters among the first {P.first_share:.0%}")
+ax.set_title(scored, fontsize=9)
 run.save_figure(fig, "pruned_first")
 first.pivot(index="criterion", columns="layer", values="share").round(2)
 
@@ -129,7 +136,7 @@ run.record_claim("taylor-best-oracle-correlation",
                  "Taylor correlates with the oracle better than weight norm, mean activation and APoZ",
                  "Spearman with oracle-abs, all layers pooled: " + ", ".join(f"{c}" for c in ["taylor", *rivals]),
                  "; ".join(f"{c}={pooled[c]:.3f}" for c in ["taylor", *rivals] if c in pooled), verdict(holds),
-                 detail=f"per-layer mean: taylor={corr[(corr.reference == 'oracle') & (corr.criterion == 'taylor') & (corr.layer != 'all layers')].spearman.mean():.3f}")
+                 detail=f"{scored}; per-layer mean: taylor={corr[(corr.reference == 'oracle') & (corr.criterion == 'taylor') & (corr.layer != 'all layers')].spearman.mean():.3f}")
 
 # %%
 run.finish()

@@ -43,6 +43,7 @@ score_examples = None
 score_batch = None
 latency_batch = None  # batch size of the latency measurement
 latency_repeats = None
+normalize = None     # l2 | none: layer-wise normalisation of every criterion's scores before the global ranking
 run_dir = ""         # set by `prunelab run`
 
 # %%
@@ -53,6 +54,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from prunelab import runner, structured, train, transfer
+from prunelab.criteria import filters
 from prunelab.results import verdict
 
 P, run = runner.start("31_filter_pruning", profile=profile, run_dir=run_dir, arch=arch, source=source, target=target,
@@ -61,7 +63,8 @@ P, run = runner.start("31_filter_pruning", profile=profile, run_dir=run_dir, arc
                       transfer_epochs=transfer_epochs, transfer_lr=transfer_lr, seed=seed, criteria=criteria,
                       filters_per_step=filters_per_step, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                       target_flops=target_flops, min_filters=min_filters, score_examples=score_examples,
-                      score_batch=score_batch, latency_batch=latency_batch, latency_repeats=latency_repeats)
+                      score_batch=score_batch, latency_batch=latency_batch, latency_repeats=latency_repeats,
+                      normalize=normalize)
 device = train.pick_device()
 print(f"profile {P.profile}; device {device}; run folder {run.path}")
 model, data, info = transfer.transferred_model(vars(P), device, progress=True)
@@ -69,11 +72,12 @@ print(f"source accuracy {info['source_accuracy']}, target accuracy {info['target
 
 # %% [markdown]
 # ## Prune with each criterion until the FLOPs target
+# Every criterion's scores are normalised per layer as `normalize` says before the global ranking.
 # Every level is cached in the run folder, so an interrupted run resumes by criterion.
 
 # %%
 def prune(criterion):
-    cfg = structured.PruneConfig(criterion=criterion, filters_per_step=P.filters_per_step, finetune_epochs=P.finetune_epochs,
+    cfg = structured.PruneConfig(criterion=criterion, normalize=P.normalize, filters_per_step=P.filters_per_step, finetune_epochs=P.finetune_epochs,
                                  lr=P.finetune_lr, batch_size=P.batch_size, target_flops=P.target_flops,
                                  min_filters=P.min_filters, score_examples=P.score_examples, score_batch=P.score_batch,
                                  latency_batch=P.latency_batch, latency_repeats=P.latency_repeats, seed=P.seed)
@@ -102,13 +106,14 @@ sns.lineplot(data=levels, x="params", y="accuracy", hue="criterion", marker="o",
 axes[0].invert_xaxis(); axes[1].invert_xaxis()
 axes[0].set_xlabel("FLOPs remaining (fraction of the unpruned net)"); axes[1].set_xlabel("parameters remaining")
 axes[0].set_ylabel("target test accuracy after fine-tuning")
-fig.suptitle(f"{P.arch} on {P.target}: pruning levels per criterion ({P.filters_per_step} filters per step)")
+fig.suptitle(f"{P.arch} on {P.target}: pruning levels per criterion ({P.filters_per_step} filters per step)\n"
+             f"{filters.describe_normalization(P.normalize)}")
 run.save_figure(fig, "accuracy_vs_flops_params")
 
 # %%
 grid = sns.relplot(data=per_layer, x="level", y="filters", hue="layer", col="criterion", kind="line", marker="o",
                    col_wrap=min(3, len(P.criteria)), height=2.8, aspect=1.2)
-grid.figure.suptitle("filters remaining per layer as pruning proceeds", y=1.02)
+grid.figure.suptitle(f"filters remaining per layer as pruning proceeds ({filters.describe_normalization(P.normalize)})", y=1.02)
 run.save_figure(grid.figure, "filters_per_layer")
 
 # %%

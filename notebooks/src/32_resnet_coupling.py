@@ -127,13 +127,13 @@ print(f"{coupled_conv} pruned alone -> {naive_error or 'no error'}")
 
 # %%
 xs, ys = data["x_train"][:P.score_examples], data["y_train"][:P.score_examples]
-scores = filters.taylor(model, list(layers), batches=[(xs, ys)], layers=layers)
+scores = filters.taylor(model, removal.rankable(layers), batches=[(xs, ys)], layers=layers)  # one vector per group
 
 def layer_plan(s):
     return removal.plan_from_scores({"l": s}, int(P.prune_share * len(s)), min_filters=1).get("l", [])
 
 plan_independent = {n: layer_plan(scores[n]) for n in removal.independent(layers)}
-plan_coupled = {members[0]: layer_plan(sum(scores[m] for m in members)) for members in groups if len(members) > 1}
+plan_coupled = {n: layer_plan(scores[n]) for n in removal.rankable(layers) if layers[n].coupled}
 base_flops, base_params = metrics.flops(model, x[:1]), metrics.count_params(model)
 lat_x = torch.zeros(P.latency_batch, *x.shape[1:])
 metrics.latency(model, lat_x, repeats=P.latency_repeats)  # throwaway: the first timed passes in a process run slow

@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
         records = executors.submit_slurm(names, profile, shares, n, slurm, force=args.force, fresh=args.fresh)
         print(f"submitted {len(records)} Slurm jobs; watch them with `prunelab status`", flush=True)
         if args.wait and records:
-            executors.wait_slurm(records)
+            executors.wait_slurm(records, timeout_min=args.wait_timeout)
             print("every gather job completed; results under " + str(results.runs_root()), flush=True)
         return 0
     for i, name in enumerate(names, 1):
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--time", default="60", help="time limit per job: minutes or [D-]HH:MM[:SS] (default 60)")
     slurm.add_argument("--max-parallel", type=int, default=0, help="most shard jobs running at once (default: no cap)")
     slurm.add_argument("--wait", action="store_true", help="stay until every submitted job has finished")
+    slurm.add_argument("--wait-timeout", type=float, default=0, metavar="MIN",
+                       help="with --wait: give up waiting after MIN minutes (default 0: never)")
     slurm.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. account=mylab or qos=high")
     run.set_defaults(func=cmd_run)

@@ -143,11 +143,11 @@ def _slurm_job(kind: str, notebook: str, profile: str, overrides: dict[str, Any]
     import submitit
 
     os.environ["PRUNELAB_RUNS"] = runs
-    job_id = submitit.JobEnvironment().job_id
-    root = Path(runs)
     if not Path(marker).exists():
         raise RuntimeError(f"$PRUNELAB_RUNS={runs} is not shared with node {socket.gethostname()}: it cannot see "
                            f"{marker}, which the submitter wrote; put the runs folder on a file system every node mounts")
+    job_id = submitit.JobEnvironment().job_id
+    root = Path(runs)
     try:
         if kind == "shard":
             out = run_shard(notebook, profile, overrides, index, n, fresh)
@@ -296,14 +296,16 @@ def status(root: Path | None = None, profile: str | None = None) -> str:
     return "\n".join(lines) if lines else f"no runs under {root}"
 
 
-def wait_slurm(records: list[dict], poll_s: float = 5.0, log=print) -> list[dict]:
+def wait_slurm(records: list[dict], poll_s: float = 5.0, timeout_min: float = 0, log=print) -> list[dict]:
     """Block until every job in ``records`` has left the queue; returns their final states.
 
     Raises:
-        RuntimeError: a gather job did not complete (names it and its log).
+        RuntimeError: a gather job did not complete (names it and its log), or ``timeout_min``
+            (0: none) passed first (the jobs keep running; ``prunelab status`` follows them).
     """
     ids = {r["job_id"] for r in records}
     last = ""
+    deadline = time.monotonic() + timeout_min * 60 if timeout_min else None
     while True:
         states = [j for j in job_states() if j["job_id"] in ids]
         waiting = [j for j in states if j["state"] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
@@ -313,6 +315,9 @@ def wait_slurm(records: list[dict], poll_s: float = 5.0, log=print) -> list[dict
             last = line
         if not waiting:
             break
+        if deadline and time.monotonic() > deadline:
+            raise RuntimeError(f"stopped waiting after {timeout_min:g} min with {len(waiting)} jobs still queued or "
+                               "running; they go on: follow them with `prunelab status`")
         time.sleep(poll_s)
     bad = [j for j in states if j["kind"] == "gather" and j["state"] != "COMPLETED"]
     if bad:

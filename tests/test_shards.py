@@ -66,6 +66,11 @@ def test_slurm_without_sbatch_is_a_clear_error(runs, monkeypatch, capsys):
     assert "--executor slurm needs Slurm's sbatch, which is not on this machine's PATH" in capsys.readouterr().err
 
 
+def test_a_runs_folder_the_job_cannot_see_is_named(tmp_path):
+    with pytest.raises(RuntimeError, match=r"is not shared with node .*: it cannot see .*marker"):
+        executors._slurm_job("gather", "00_tour", "smoke", {}, 0, 1, False, str(tmp_path / "marker"), str(tmp_path))
+
+
 def _tables(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((path / "tables").glob("*.csv"))}
 
@@ -83,6 +88,12 @@ def test_sharded_tour_equals_unsharded_and_computes_each_point_once(tmp_path, mo
     assert computed == cached == 24  # every point once, by the shards; the gather computed none
     assert all(c.get("computed", 0) > 0 for c in rounds[0])  # all three shards worked
     assert (sharded.path / "00_tour.ipynb").exists() and not (sharded.path / "00_tour.failed.ipynb").exists()
+    assert f"00_tour [smoke] {sharded.hash}: 24/24 grid points, complete" in executors.status(tmp_path / "sharded")
+
+
+def test_status_of_a_missing_runs_folder_is_one_line(tmp_path, capsys):
+    assert cli.main(["status", "--runs", str(tmp_path / "none")]) == 1
+    assert "no runs folder at" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 def _train_once(path, log):
@@ -157,7 +168,7 @@ def test_smoke_suite_on_slurm_with_three_shards_equals_local(tmp_path, monkeypat
     assert cli.main(["run", *names, "--profile", "smoke", "--quiet"]) == 0
     monkeypatch.setenv("PRUNELAB_RUNS", str(tmp_path / "slurm"))
     assert cli.main(["run", *names, "--profile", "smoke", "--executor", "slurm", "--shards", "3", "--wait",
-                     "--time", "20", "--mem", "2G"]) == 0
+                     "--time", "20", "--mem", "2G", "--wait-timeout", "25"]) == 0
     for name in names:
         [local] = (tmp_path / "local" / name).glob("*/complete.json")
         [slurm] = (tmp_path / "slurm" / name).glob("*/complete.json")

@@ -94,14 +94,22 @@ def publish_run(run: results.Run) -> list[Path]:
             del manifest[name]
     manifest.update({name: entry for name in names})
     results.write_json(dest / "MANIFEST.json", manifest)
-    ledger_path = dest / "claims.csv"
-    ledger = results.read_claims(ledger_path) if ledger_path.exists() else pd.DataFrame(columns=results.CLAIM_COLUMNS)
-    own = results.read_claims(run.path / "claims.csv") if (run.path / "claims.csv").exists() else ledger.iloc[:0]
-    ledger = pd.concat([ledger[ledger.notebook != run.notebook], own], ignore_index=True)
-    with results.atomic_path(ledger_path) as tmp:
-        ledger.sort_values("notebook", kind="stable").to_csv(tmp, index=False)
+    _publish_claims(run, dest / "claims.csv")
     results.write_text(dest / "CLAIMS.md", claims_page(profile))
     return written
+
+
+def _read_ledger(path: Path) -> pd.DataFrame:
+    return results.read_claims(path) if path.exists() else pd.DataFrame(columns=results.CLAIM_COLUMNS)
+
+
+def _publish_claims(run: results.Run, path: Path) -> None:
+    """Replace the notebook's rows of the published ledger at ``path`` by this run's claims."""
+    ledger = _read_ledger(path)
+    ledger = pd.concat([ledger[ledger.notebook != run.notebook], _read_ledger(run.path / "claims.csv")],
+                       ignore_index=True)
+    with results.atomic_path(path) as tmp:
+        ledger.sort_values("notebook", kind="stable").to_csv(tmp, index=False)
 
 
 def _cell(text: str) -> str:
@@ -120,8 +128,7 @@ def claims_page(profile: str) -> str:
     """``figures/<profile>/CLAIMS.md``: per published notebook its claims, executed notebook and figures."""
     dest = published_dir(profile)
     manifest = read_manifest(dest)
-    ledger_path = dest / "claims.csv"
-    ledger = results.read_claims(ledger_path) if ledger_path.exists() else pd.DataFrame(columns=results.CLAIM_COLUMNS)
+    ledger = _read_ledger(dest / "claims.csv")
     lines = [f"# Claims, profile {profile}", "",
              f"The claims checked by the last published `{profile}` run of each notebook, with their verdicts, "
              f"executed notebook and figures (all in this folder). `prunelab run --profile {profile}` rewrites this "
@@ -152,7 +159,10 @@ def stale(profile: str | None = None) -> tuple[int, list[str]]:
     before they were recorded) is stale: nothing says what made it.
     """
     figures = results.project_root() / "figures"
-    folders = [figures / runner.check_profile(profile)] if profile else sorted(p.parent for p in figures.glob("*/MANIFEST.json"))
+    if profile:
+        folders = [figures / runner.check_profile(profile)]
+    else:
+        folders = sorted(path.parent for path in figures.glob("*/MANIFEST.json"))
     checked, lines, now = 0, [], {}
     for folder in folders:
         for name, entry in sorted(read_manifest(folder).items()):
@@ -212,8 +222,10 @@ def report(root: Path | None = None, where: Path | None = None, profile: str | N
     if latest and not include_overridden:
         claims = claims[claims.overrides == ""]
     if latest and not claims.empty:
-        finished = claims.apply(lambda r: (root / r.notebook / r.params_hash / "complete.json").stat().st_mtime, axis=1)
-        newest = claims.assign(finished=finished).groupby(["notebook", "profile", "overrides"]).finished.transform("max")
+        finished = claims.apply(lambda r: (root / r.notebook / r.params_hash / "complete.json").stat().st_mtime,
+                                axis=1)
+        newest = claims.assign(finished=finished).groupby(["notebook", "profile", "overrides"]).finished.transform(
+            "max")
         claims = claims[finished == newest]
     lines = ["# prunelab report", "", f"Claims checked by the complete runs under `{root}`"
              + (f", profile `{profile}`" if profile else "")

@@ -206,6 +206,10 @@ def _quiet_kernel_manager():
                 shutil.rmtree(self._ipc_dir, ignore_errors=True)
                 self._ipc_dir = None
 
+        # AsyncKernelManager binds its public names to the base's functions, and nbclient calls
+        # cleanup_resources() itself after a kernel died: route it through the override above.
+        cleanup_resources = _async_cleanup_resources
+
     return QuietKernelManager
 
 

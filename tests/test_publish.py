@@ -268,3 +268,42 @@ def test_cli_run_prints_no_kernel_warning_and_leaves_no_sockets(runs, tmp_path, 
     executed = nbformat.read(next(runs.glob("01_quiet/*/01_quiet.ipynb")), as_version=4)
     assert executed.cells[-1].outputs[0].text == "ipc\n"
     assert list(temp.iterdir()) == []  # the IPC sockets' folder is gone
+
+    nb.cells[-1].source = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"
+    nbformat.write(nb, nbdir / "01_quiet.ipynb")
+    assert cli.main(["run", "01_quiet", "--profile", "smoke", "--quiet", "-p", "x=2"]) == 1
+    assert "the kernel died" in capfd.readouterr().err
+    assert list(temp.iterdir()) == []  # and gone after a killed kernel too
+
+
+def test_settled_and_reader_copies_of_a_notebook():
+    """Widget bars become their final text (hidden ones go), text bars lose their redraws and timings,
+    machine paths are replaced: on a hand-made executed notebook."""
+    from prunelab import executed
+
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "model_module_version": "2.0.0",
+                "state": state}
+
+    state = {"box": model("HBoxModel", children=["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"], layout="IPY_MODEL_lay"),
+             "l": model("HTMLModel", value="grid:\u2007100%"), "p": model("FloatProgressModel", value=4, max=4),
+             "r": model("HTMLModel", value="\u20074/4\u2007[00:01&lt;00:00,\u20073.50it/s]"),
+             "lay": model("LayoutModel", visibility=None),
+             "gone": model("HBoxModel", children=["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"], layout="IPY_MODEL_hid"),
+             "hid": model("LayoutModel", visibility="hidden")}
+    view = "application/vnd.jupyter.widget-view+json"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("display_data", data={view: {"model_id": "box"}, "text/plain": "grid: 0%"}),
+        nbformat.v4.new_output("display_data", data={view: {"model_id": "gone"}, "text/plain": "epochs: 0%"}),
+        nbformat.v4.new_output("stream", name="stderr",
+                               text="a: 50%|█  | 1/2 [00:00<00:01, 9.1it/s]\ra: 100%|██| 2/2 [00:01<00:00, 9.0it/s]\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="run folder /home/me/runs/00_tour/abc\n")])])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": state}}
+    settled = executed.settle(json.loads(json.dumps(nb), object_hook=nbformat.NotebookNode))
+    assert "widgets" not in settled.metadata
+    assert [o.get("data", {}).get("text/plain") for o in settled.cells[0].outputs[:1]] == [
+        "grid: 100%|██████████| 4/4 [00:01<00:00, 3.50it/s]"]
+    assert len(settled.cells[0].outputs) == 3  # the hidden bar (tqdm's leave=False) is gone
+    reader = executed.for_readers(nb, {"/home/me/runs": "runs", "/home/me": "~"})
+    texts = [o.get("text") or o.data["text/plain"] for o in reader.cells[0].outputs]
+    assert texts == ["grid: 100%|██████████| 4/4", "a: 100%|██| 2/2\n", "run folder runs/00_tour/abc\n"]

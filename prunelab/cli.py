@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from prunelab import results, runner
+from prunelab import publish, results, runner
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -94,6 +94,10 @@ def cmd_run(args) -> int:
             print(f"prunelab: {err}", file=sys.stderr)
             return 130
         print(f"    {'done' if executed else 'skipped, complete (use --force to rerun)'}: {run.path}", flush=True)
+        changed = runner.overridden(name, run.params)
+        if executed and profile in runner.PUBLISHED_PROFILES and changed:
+            print(f"    not published to figures/{profile}/: its parameters are not the profile's "
+                  f"({' '.join(changed)}); its claims say so", flush=True)
     return 0
 
 
@@ -125,14 +129,29 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    checked, lines = publish.stale(args.profile)
+    where = f"figures/{args.profile}/" if args.profile else "figures/"
+    for line in lines:
+        print(line)
+    if lines:
+        print(f"{len(lines)} of {checked} published files in {where} are stale: rerun their notebooks "
+              "(prunelab run NOTEBOOK --profile PROFILE) to regenerate them", file=sys.stderr)
+        return 1
+    print(f"all {checked} published files in {where} are current", file=sys.stderr)
+    return 0
+
+
 def cmd_report(args) -> int:
+    if args.check:
+        return cmd_check(args)
     root = Path(args.runs) if args.runs else results.runs_root()
     if not root.is_dir():
         raise ValueError(f"nothing to report: no runs folder at {root} (run `prunelab run` first, or point --runs at one)")
     out = Path(args.output) if args.output else root / "REPORT.md"
     if not out.parent.is_dir():
         raise ValueError(f"--output {out}: the folder {out.parent} does not exist")
-    text = runner.report(root, out.resolve().parent, args.profile, args.latest)
+    text = publish.report(root, out.resolve().parent, args.profile, args.latest, args.include_overridden)
     results.write_text(out, text)
     print(text)
     print(f"\nwritten to {out}", file=sys.stderr)
@@ -191,7 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
     rep.add_argument("--output", help="where to write the page (default: <runs>/REPORT.md)")
     rep.add_argument("--profile", help="only the runs of this profile")
-    rep.add_argument("--latest", action="store_true", help="only the last finished run of each notebook")
+    rep.add_argument("--latest", action="store_true", help="only the last finished run of each notebook "
+                     "(runs with -p overrides left out)")
+    rep.add_argument("--include-overridden", action="store_true", help="with --latest, keep runs whose "
+                     "parameters were overridden too (each is marked)")
+    rep.add_argument("--check", action="store_true", help="only list published figures whose code changed since "
+                     "they were made (exit 1 if any)")
     rep.set_defaults(func=cmd_report)
     ben = sub.add_parser("bench", help="time prunelab against torch.nn.utils.prune and Torch-Pruning; one table of ratios")
     ben.add_argument("--quick", action="store_true", help="smaller models: a few minutes on a laptop CPU")

@@ -21,7 +21,13 @@ from typing import Any
 import pandas as pd
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-CLAIM_COLUMNS = ["notebook", "params_hash", "profile", "id", "statement", "metric", "value", "verdict", "detail"]
+# `overrides`: "key=value" pairs (JSON values, space-separated) where the run's parameters differ from its
+# profile's; empty for a profile's own run. Ledgers written before the column existed read as "".
+CLAIM_COLUMNS = ["notebook", "params_hash", "profile", "overrides", "id", "statement", "metric", "value", "verdict",
+                 "detail"]
+# What a run executes or installs: "dirty" is judged over these only, so the suite's own outputs
+# (figures/, runs/, data/) and files no run reads (tests/, tools/, benchmarks/, README) never mark it.
+CODE_PATHS = ("prunelab", "notebooks", "pyproject.toml", "environment.yml")
 
 
 def project_root() -> Path:
@@ -84,15 +90,36 @@ def write_json(path: Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True)
+
+
 def git_commit(root: Path | None = None) -> str:
-    """The checkout's HEAD commit, suffixed ``-dirty`` when tracked files changed; ``unknown`` outside git."""
-    root = root or project_root()
+    """The checkout's HEAD commit; ``<sha>-dirty-<12 hex>`` when the code (`CODE_PATHS`) differs from it.
+
+    The 12 hex digits are the SHA-256 of ``git diff HEAD`` over the code paths plus the names and
+    bytes of untracked, not ignored files there, so two runs of differently edited code are told
+    apart and two runs of the same edit agree.  Changes elsewhere (``figures/``, ``runs/``,
+    ``data/``, tests) never mark a commit dirty.  ``unknown`` outside git.
+
+    >>> git_commit()  # doctest: +SKIP
+    '3f2c...9ab1-dirty-5e0c41d2a7b9'
+    """
+    root = Path(root or project_root())
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
+        head = _git(root, "rev-parse", "HEAD").stdout.decode().strip()
+        diff = _git(root, "diff", "HEAD", "--binary", "--", *CODE_PATHS).stdout
+        untracked = _git(root, "ls-files", "-z", "--others", "--exclude-standard", "--", *CODE_PATHS).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    if not diff and not untracked:
+        return head
+    digest = hashlib.sha256(diff)
+    for name in sorted(n for n in untracked.split(b"\0") if n):
+        digest.update(b"\0untracked " + name + b"\0")
+        path = root / os.fsdecode(name)
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return f"{head}-dirty-{digest.hexdigest()[:12]}"
 
 
 def environment() -> dict[str, Any]:
@@ -127,6 +154,7 @@ class Run:
     path: Path
     notebook: str
     params: dict[str, Any]
+    overrides: tuple[str, ...] = ()  # "key=value" where params differ from the profile's (`runner.overridden`)
 
     @property
     def hash(self) -> str:
@@ -173,10 +201,11 @@ class Run:
         path = self.path / "claims.csv"
         if not self._shard_writes():
             return pd.DataFrame([dict(notebook=self.notebook, id=id, verdict=verdict)])
-        ledger = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame(columns=CLAIM_COLUMNS)
+        ledger = read_claims(path) if path.exists() else pd.DataFrame(columns=CLAIM_COLUMNS)
         ledger = ledger[ledger["id"] != id]
-        row = dict(notebook=self.notebook, params_hash=self.hash, profile=self.params.get("profile", ""), id=id,
-                   statement=statement, metric=metric, value=value, verdict=verdict, detail=detail)
+        row = dict(notebook=self.notebook, params_hash=self.hash, profile=self.params.get("profile", ""),
+                   overrides=" ".join(self.overrides), id=id, statement=statement, metric=metric, value=value,
+                   verdict=verdict, detail=detail)
         ledger = pd.concat([ledger, pd.DataFrame([row]).astype(str)], ignore_index=True)
         with atomic_path(path) as tmp:
             ledger.to_csv(tmp, index=False)
@@ -241,13 +270,18 @@ class Run:
         write_json(self.path / "complete.json", {"notebook": self.notebook, "hash": self.hash})
 
 
-def open_run(notebook: str, params: dict[str, Any], run_dir: str | Path | None = None) -> Run:
-    """Create (or reopen) the run folder of ``notebook`` at ``params`` and record params and env."""
+def open_run(notebook: str, params: dict[str, Any], run_dir: str | Path | None = None,
+             overrides: tuple[str, ...] = (), fingerprint: dict[str, str] | None = None) -> Run:
+    """Create (or reopen) the run folder of ``notebook`` at ``params`` and record params and env.
+
+    ``overrides`` (``"key=value"`` where ``params`` differ from the profile's) mark the run's claims;
+    ``fingerprint`` (`runner.fingerprint`: hashes of the code that runs) goes into ``env.json``.
+    """
     path = Path(run_dir) if run_dir else runs_root() / notebook / params_hash(notebook, params)
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / "params.json", {"notebook": notebook, **params})
-    write_json(path / "env.json", environment())
-    return Run(path=path, notebook=notebook, params=dict(params))
+    write_json(path / "env.json", {**environment(), **({"fingerprint": fingerprint} if fingerprint else {})})
+    return Run(path=path, notebook=notebook, params=dict(params), overrides=tuple(overrides))
 
 
 def verdict(holds: bool | None) -> str:
@@ -368,9 +402,13 @@ def run_lock(path: Path, what: str):
                            "finish (a complete run is then skipped) or stop it first") from None
 
 
+def read_claims(path: Path) -> pd.DataFrame:
+    """A claims ledger as strings, in `CLAIM_COLUMNS` (a column an older ledger lacks reads as "")."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False).reindex(columns=CLAIM_COLUMNS, fill_value="")
+
+
 def collect_claims(root: Path | None = None) -> pd.DataFrame:
     """Every claim of every complete run under ``root``."""
     root = root or runs_root()
-    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in sorted(root.glob("*/*/claims.csv"))
-              if (p.parent / "complete.json").exists()]
+    frames = [read_claims(p) for p in sorted(root.glob("*/*/claims.csv")) if (p.parent / "complete.json").exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CLAIM_COLUMNS)

@@ -7,16 +7,18 @@ takes the parameters of ``profiles/_name.toml`` (shared by the notebooks of one 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from prunelab import executed, results
 from prunelab import params as params_mod
-from prunelab import results
 
 PROFILES = ("smoke", "default", "paper")
 PUBLISHED_PROFILES = ("default", "paper")  # figures/ holds these; smoke runs never touch it
@@ -154,13 +156,63 @@ def resolve(notebook: str, profile: str | None = None, overrides: dict[str, Any]
     return {"profile": profile, **params}
 
 
+def overridden(notebook: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """``"key=value"`` (value as compact JSON) for each of ``params`` that differs from its profile's.
+
+    Empty for a profile's own run; a ``-p`` that sets the profile's own value is no override.
+
+    >>> overridden("00_tour", resolve("00_tour", "smoke", {"epochs": 7}))  # doctest: +SKIP
+    ('epochs=7',)
+    """
+    own = resolve(notebook, params["profile"])
+    return tuple(f"{key}={json.dumps(value, separators=(',', ':'), default=str)}"
+                 for key, value in params.items() if own.get(key) != value)
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def producing_files(notebook: str) -> dict[str, list[Path]]:
+    """What a notebook's results are made from, by input: ``notebook`` (its percent-format source in
+    ``notebooks/src/``, else the ``.ipynb``), ``profile`` (its profile file and the bases it names)
+    and ``package`` (every ``prunelab/**/*.py`` of the package that runs)."""
+    source = notebooks_dir() / "src" / f"{notebook}.py"
+    profiles, name = [], notebook
+    while name:
+        profiles.append(notebooks_dir() / "profiles" / f"{name}.toml")
+        name = _profile_table(name).get("base")
+    return {"notebook": [source if source.exists() else notebooks_dir() / f"{notebook}.ipynb"],
+            "profile": profiles, "package": sorted(_PACKAGE.rglob("*.py"))}
+
+
+def fingerprint(notebook: str) -> dict[str, str]:
+    """SHA-256 of each input of `producing_files` (its files' names and bytes): which changed since a run.
+
+    >>> sorted(fingerprint("00_tour"))  # doctest: +SKIP
+    ['notebook', 'package', 'profile']
+    """
+    out = {}
+    for kind, paths in producing_files(notebook).items():
+        base = _PACKAGE.parent if kind == "package" else notebooks_dir().parent
+        digest = hashlib.sha256()
+        for path in paths:
+            data = path.read_bytes()
+            digest.update(f"{path.relative_to(base).as_posix()}\0{len(data)}\0".encode() + data)
+        out[kind] = digest.hexdigest()
+    return out
+
+
 def start(notebook: str, profile: str = "", run_dir: str = "", **overrides) -> tuple[SimpleNamespace, results.Run]:
     """Called by a notebook's second cell: resolve its parameters and open its run folder.
+
+    The run records the code that runs (`fingerprint`) and, when its parameters differ from its
+    profile's, which (`overridden`): its claims then say so and it is never published.
 
     >>> P, run = start("00_tour", profile="smoke")  # doctest: +SKIP
     """
     params = resolve(notebook, profile, overrides)
-    run = results.open_run(notebook, params, run_dir or None)
+    run = results.open_run(notebook, params, run_dir or None, overrides=overridden(notebook, params),
+                           fingerprint=fingerprint(notebook))
     return SimpleNamespace(**params), run
 
 
@@ -169,16 +221,40 @@ class Interrupted(Exception):
 
 
 def _quiet_kernel_manager():
-    """jupyter_client interrupts a kernel before shutting it down, so a kernel still handling a
-    message logs "KeyboardInterrupt caught in kernel" after a successful run; skip that interrupt."""
+    """A kernel manager whose kernels say nothing the user did not ask for.
+
+    - jupyter_client interrupts a kernel before shutting it down, so a kernel still handling a
+      message logs "KeyboardInterrupt caught in kernel" after a successful run; skip that interrupt.
+    - Over TCP, ipykernel warns "Kernel is running over TCP without encryption" at every start; the
+      kernel is local, so talk to it over IPC (Unix sockets) instead, in a private temporary folder
+      (mode 0700) removed at shutdown.  Windows has no IPC transport and keeps TCP.
+    """
     from jupyter_client.manager import AsyncKernelManager
 
-    class QuietShutdownKernelManager(AsyncKernelManager):
+    class QuietKernelManager(AsyncKernelManager):
+        _ipc_dir: str | None = None
+
+        async def _async_pre_start_kernel(self, **kw):
+            if os.name == "posix" and self._ipc_dir is None:
+                self._ipc_dir = tempfile.mkdtemp(prefix="prunelab-kernel-")
+                self.transport, self.ip = "ipc", os.path.join(self._ipc_dir, "k")
+            return await super()._async_pre_start_kernel(**kw)
+
         async def _async_interrupt_kernel(self):
             if not self.shutting_down:
                 await super()._async_interrupt_kernel()
 
-    return QuietShutdownKernelManager
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if self._ipc_dir is not None and not restart:
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
+                self._ipc_dir = None
+
+        # AsyncKernelManager binds its public names to the base's functions, and nbclient calls
+        # cleanup_resources() itself after a kernel died: route it through the override above.
+        cleanup_resources = _async_cleanup_resources
+
+    return QuietKernelManager
 
 
 def cached_points(path: Path) -> int:
@@ -192,7 +268,9 @@ def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None =
 
     A complete run is skipped unless ``force``; a forced run still reuses the grid points cached
     in the run folder (`Run.memo`) unless ``fresh`` (implies ``force``) drops them first and lets
-    the notebook retrain over an unreadable cached checkpoint.  One process at a time runs a
+    the notebook retrain over an unreadable cached checkpoint.  A finished run of a published
+    profile (`PUBLISHED_PROFILES`) is published (`publish.publish_run`) unless ``overrides``
+    change its parameters: only a profile's own runs are cited.  One process at a time runs a
     given run folder (`results.run_lock`).  On failure the partly executed notebook is kept as
     ``<name>.failed.ipynb`` and a RuntimeError names the failing cell; Ctrl-C raises `Interrupted`.
     """
@@ -208,8 +286,10 @@ def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None =
         _execute(notebook, params, path, fresh, progress)
     if not run.complete:
         raise RuntimeError(f"{notebook} ran but never called run.finish(); its results are incomplete")
-    if params["profile"] in PUBLISHED_PROFILES:
-        publish_figures(run)
+    if params["profile"] in PUBLISHED_PROFILES and not overridden(notebook, params):
+        from prunelab import publish  # above the runner: it renders what the runner made
+
+        publish.publish_run(run)
     return run, True
 
 
@@ -238,6 +318,7 @@ def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, pro
     except papermill.PapermillExecutionError as err:
         if err.ename == "KeyboardInterrupt":
             raise Interrupted(_resume_hint(notebook, path)) from None
+        executed.settle_file(failed)
         if stop_ok is not None and stop_ok(err):
             os.replace(failed, out)
             return
@@ -256,6 +337,7 @@ def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, pro
             os.environ.pop(results.REPLACE_BAD_CHECKPOINTS, None)
         else:
             os.environ[results.REPLACE_BAD_CHECKPOINTS] = env_before
+    executed.settle_file(failed)
     os.replace(failed, out)
 
 
@@ -264,62 +346,3 @@ def _resume_hint(notebook: str, path: Path, lead: str = "interrupted") -> str:
     head = f"{notebook} interrupted; " if lead == "interrupted" else ""
     return (f"{head}rerunning the same command resumes from the {n} grid point{'s' if n != 1 else ''} "
             f"it cached in {path}")
-
-
-def publish_figures(run: results.Run) -> list[Path]:
-    """Copy a run's figures to ``figures/<profile>/`` and record them in that folder's manifest."""
-    profile = run.params["profile"]
-    dest = results.project_root() / "figures" / profile
-    manifest_path = dest / "MANIFEST.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    commit = json.loads((run.path / "env.json").read_text())["git_commit"]
-    copied = []
-    for src in sorted((run.path / "figures").glob("*")):
-        name = f"{run.notebook}--{src.name}"
-        with results.atomic_path(dest / name) as tmp:
-            shutil.copyfile(src, tmp)
-        manifest[name] = {"notebook": run.notebook, "params_hash": run.hash, "profile": profile, "commit": commit}
-        copied.append(dest / name)
-    results.write_json(manifest_path, manifest)
-    return copied
-
-
-def _figure_link(fig: Path, run_hash: str, profile: str, where: Path) -> str:
-    """Link to the published copy of a run's figure when ``figures/<profile>/`` holds it, else to the run's."""
-    published = results.project_root() / "figures" / profile
-    manifest = published / "MANIFEST.json"
-    name = f"{fig.parent.parent.parent.name}--{fig.name}"
-    if manifest.exists() and json.loads(manifest.read_text()).get(name, {}).get("params_hash") == run_hash:
-        fig = published / name
-    return Path(os.path.relpath(fig, where)).as_posix()
-
-
-def report(root: Path | None = None, where: Path | None = None, profile: str | None = None, latest: bool = False) -> str:
-    """Markdown page of every claim checked by a complete run (of ``profile``), with each run's figures.
-
-    Figure links are relative to ``where`` (the folder the page is written to; default ``root``).
-    ``latest`` keeps only the most recently finished run of each notebook and profile.
-    """
-    root = root or results.runs_root()
-    where = where or root
-    claims = results.collect_claims(root)
-    if profile:
-        claims = claims[claims.profile == check_profile(profile)]
-    if latest and not claims.empty:
-        finished = claims.apply(lambda r: (root / r.notebook / r.params_hash / "complete.json").stat().st_mtime, axis=1)
-        newest = claims.assign(finished=finished).groupby(["notebook", "profile"]).finished.transform("max")
-        claims = claims[finished == newest]
-    lines = ["# prunelab report", "", f"Claims checked by the complete runs under `{root}`"
-             + (f", profile `{profile}`." if profile else "."), ""]
-    if claims.empty:
-        lines.append("No claims recorded yet: run `prunelab run` first.")
-    for (notebook, run_profile, run_hash), group in claims.groupby(["notebook", "profile", "params_hash"], sort=True):
-        lines += [f"## {notebook} (profile {run_profile}, run {run_hash})", "",
-                  "| claim | statement | metric | measured | verdict | detail |", "| --- | --- | --- | --- | --- | --- |"]
-        for row in group.itertuples():
-            lines.append(f"| {row.id} | {row.statement} | {row.metric} | {row.value} | **{row.verdict}** | {row.detail} |")
-        lines.append("")
-        for fig in sorted((root / notebook / run_hash / "figures").glob("*.png")):
-            lines.append(f"![{fig.stem}]({_figure_link(fig, run_hash, run_profile, where)})")
-        lines.append("")
-    return "\n".join(lines)

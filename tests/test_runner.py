@@ -5,7 +5,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from prunelab import cli, results, runner
+from prunelab import cli, publish, results, runner
 
 
 def test_profiles_resolve_and_override():
@@ -131,20 +131,22 @@ def test_report_links_published_figures_and_filters_profile(runs, tmp_path, monk
         run.record_claim("demo", "s", "m", 1, "reproduced", detail="why")
         (run.path / "figures").mkdir()
         (run.path / "figures" / "curve.png").write_bytes(b"png")
+        nbformat.write(nbformat.v4.new_notebook(), run.path / "07_demo.ipynb")
         run.finish()
         if profile == "default":
-            runner.publish_figures(run)
+            publish.publish_run(run)
             published_hash = run.hash
-    page = runner.report(runs, where=project / "docs", profile="default")
+    page = publish.report(runs, where=project / "docs", profile="default")
     assert "../figures/default/07_demo--curve.png" in page and f"run {published_hash}" in page
+    assert "(../figures/default/notebooks/07_demo.html)" in page
     assert "profile smoke" not in page and "| why |" in page
     with pytest.raises(ValueError, match="'huge'"):
-        runner.report(runs, profile="huge")
+        publish.report(runs, profile="huge")
     import os
     newer = results.open_run("07_demo", {"profile": "default", "x": 2})
     newer.record_claim("demo", "s", "m", 2, "not reproduced")
     newer.finish()
     os.utime(newer.path / "complete.json", (2e9, 2e9))
-    assert f"run {published_hash}" in runner.report(runs, profile="default")
-    latest = runner.report(runs, profile="default", latest=True)
+    assert f"run {published_hash}" in publish.report(runs, profile="default")
+    latest = publish.report(runs, profile="default", latest=True)
     assert f"run {newer.hash}" in latest and f"run {published_hash}" not in latest

@@ -172,17 +172,68 @@ def overridden(notebook: str, params: dict[str, Any]) -> tuple[str, ...]:
 _PACKAGE = Path(__file__).resolve().parent
 
 
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")[1:]
+    for path in (_PACKAGE.joinpath(*parts, "__init__.py"), _PACKAGE.joinpath(*parts[:-1], f"{parts[-1]}.py")
+                 if parts else _PACKAGE / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(source: str, package: str = "") -> set[str]:
+    """The ``prunelab`` modules a source imports, anywhere in it (functions included)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "prunelab"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import inside the package
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] == "prunelab":
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}")}
+    return found
+
+
+def package_files(source: str) -> list[Path]:
+    """The package files a notebook's code can run: the ``prunelab`` modules it imports, and theirs,
+    transitively (parents' ``__init__`` included), so a change elsewhere does not stale its figures."""
+    todo, seen = list(_imports(source)), set()
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            path = _module_file(name)
+            if name in seen or path is None:
+                continue
+            seen.add(name)
+            pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            todo += _imports(path.read_text(), pkg)
+    return sorted({_module_file(m) for m in seen})
+
+
 def producing_files(notebook: str) -> dict[str, list[Path]]:
     """What a notebook's results are made from, by input: ``notebook`` (its percent-format source in
     ``notebooks/src/``, else the ``.ipynb``), ``profile`` (its profile file and the bases it names)
-    and ``package`` (every ``prunelab/**/*.py`` of the package that runs)."""
+    and ``package`` (the ``prunelab`` modules its code imports, transitively: `package_files`)."""
     source = notebooks_dir() / "src" / f"{notebook}.py"
     profiles, name = [], notebook
     while name:
         profiles.append(notebooks_dir() / "profiles" / f"{name}.toml")
         name = _profile_table(name).get("base")
-    return {"notebook": [source if source.exists() else notebooks_dir() / f"{notebook}.ipynb"],
-            "profile": profiles, "package": sorted(_PACKAGE.rglob("*.py"))}
+    source = source if source.exists() else notebooks_dir() / f"{notebook}.ipynb"
+    if source.suffix == ".py":
+        code = source.read_text()
+    else:
+        import nbformat
+
+        code = "\n".join(c.source for c in nbformat.read(source, as_version=4).cells if c.cell_type == "code")
+    return {"notebook": [source], "profile": profiles, "package": package_files(code)}
 
 
 def fingerprint(notebook: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -307,3 +308,14 @@ def test_settled_and_reader_copies_of_a_notebook():
     reader = executed.for_readers(nb, {"/home/me/runs": "runs", "/home/me": "~"})
     texts = [o.get("text") or o.data["text/plain"] for o in reader.cells[0].outputs]
     assert texts == ["grid: 100%|██████████| 4/4", "a: 100%|██| 2/2\n", "run folder runs/00_tour/abc\n"]
+
+
+def test_package_fingerprint_covers_what_the_notebook_imports():
+    """A figure is stale when a module its notebook runs changes, not when any file of the package does."""
+    pkg = Path(runner.__file__).parent
+    masks_only = set(runner.package_files("from prunelab import masks"))
+    assert {pkg / "__init__.py", pkg / "masks.py"} <= masks_only and pkg / "executors.py" not in masks_only
+    via_criteria = set(runner.package_files("def f():\n    from prunelab.criteria import filters\n"))
+    assert pkg / "removal.py" in via_criteria  # transitively, through criteria.filters
+    tour = set(runner.producing_files("00_tour")["package"])
+    assert pkg / "cli.py" not in tour and pkg / "results.py" in tour

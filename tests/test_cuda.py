@@ -5,6 +5,7 @@ with the CPU standing in for the GPU (a dry run of this file on machines without
 """
 import copy
 import os
+import warnings
 
 import pytest
 import torch
@@ -113,13 +114,35 @@ def test_masked_step_on_lstm_keeps_zeros_and_flat_weights():
     pairs = masks.bind_masks(model, found)
     masks.apply_masks_(pairs)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    src = torch.randint(4, 50, (8, 6), device=DEVICE)
-    for _ in range(3):
-        opt.zero_grad()
-        model(src, torch.full((8,), 6), src).sum().backward()
-        masks.masked_step_(opt, pairs)
+    src, lengths = torch.randint(4, 50, (8, 6), device=DEVICE), torch.full((8,), 6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            opt.zero_grad()
+            model(src, lengths, src).sum().backward()
+            masks.masked_step_(opt, pairs)
     assert all(bool((p[~m] == 0).all()) for p, m in pairs)
-    assert model.encoder.weight_ih_l0.device.type == DEVICE
+    # The LSTMs' flat weights (the list handed to their kernels) are the masked parameters themselves and,
+    # on cuDNN, still views of one flat buffer: re-binding a parameter's .data would split that buffer
+    # (cuDNN then warns and copies every weight at each forward).
+    for lstm in (model.encoder, model.decoder):
+        params = dict(lstm.named_parameters())
+        for name, flat in zip(lstm._flat_weights_names, lstm._flat_weights):
+            assert flat.device.type == DEVICE and flat.data_ptr() == params[name].data_ptr(), name
+        if DEVICE == "cuda" and torch.backends.cudnn.enabled:
+            assert len({w.untyped_storage().data_ptr() for w in lstm._flat_weights}) == 1
+    assert not [w for w in caught if "contiguous chunk" in str(w.message)]
+    # The same output as a freshly built CPU model given the masked weights; the zeros matter (0.01 instead
+    # of each pruned weight changes it).
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    filled = {k: torch.where(found[k].cpu(), v, 1e-2) if k in found else v for k, v in state.items()}
+    with torch.no_grad():
+        out = model.eval()(src, lengths, src).cpu()
+        on_cpu = [Seq2Seq(model.config).eval() for _ in range(2)]
+        for net, weights in zip(on_cpu, (state, filled)):
+            net.load_state_dict(weights)
+        torch.testing.assert_close(out, on_cpu[0](src.cpu(), lengths, src.cpu()), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(out, on_cpu[1](src.cpu(), lengths, src.cpu()), atol=1e-3)
 
 
 def test_criteria_match_cpu():

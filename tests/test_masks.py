@@ -151,13 +151,40 @@ def test_masked_training_keeps_pruned_weights_exactly_zero():
     assert report.iloc[-1].nonzero == sum(v.sum().item() for v in m.values())
 
 
+def lstm_reference(x, weights, layers):
+    """Output of a stacked LSTM written out gate by gate (PyTorch's i, f, g, o order), zero initial state."""
+    for k in range(layers):
+        h = c = x.new_zeros(x.shape[1], weights[f"weight_hh_l{k}"].shape[1])
+        outs = []
+        for x_t in x:
+            gates = (x_t @ weights[f"weight_ih_l{k}"].T + weights[f"bias_ih_l{k}"]
+                     + h @ weights[f"weight_hh_l{k}"].T + weights[f"bias_hh_l{k}"])
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+            h = o.sigmoid() * c.tanh()
+            outs.append(h)
+        x = torch.stack(outs)
+    return x
+
+
 def test_masked_lstm_keeps_flat_weights_valid():
+    torch.manual_seed(0)
     lstm = nn.LSTM(8, 16, num_layers=2)
+    x = torch.randn(5, 3, 8)
+    dense = {n: p.detach().clone() for n, p in lstm.named_parameters()}
     m = masks.masks_from_scores(criteria.magnitude(lstm), 0.5)
     masks.apply_masks_(lstm, m)
-    out_masked, _ = lstm(torch.randn(5, 3, 8))
-    assert lstm.weight_ih_l0.eq(0).sum() > 0
-    assert out_masked.shape == (5, 3, 16)
+    params = dict(lstm.named_parameters())
+    # The flat weights (the list the LSTM hands its kernel) are the masked parameters themselves, zeros included.
+    for name, flat in zip(lstm._flat_weights_names, lstm._flat_weights):
+        assert flat.data_ptr() == params[name].data_ptr(), name
+        if name in m:
+            assert (flat[~m[name]] == 0).all() and (flat[m[name]] != 0).all(), name
+    with torch.no_grad():
+        out, _ = lstm(x)
+        masked = {n: w * m[n] if n in m else w for n, w in dense.items()}
+        torch.testing.assert_close(out, lstm_reference(x, masked, 2), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(out, lstm_reference(x, dense, 2), atol=1e-3)  # the zeros matter
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, 1.0, float("nan"), "0.5"])

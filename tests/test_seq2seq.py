@@ -101,6 +101,15 @@ def test_sacrebleu_agreement_on_known_strings():
         nmt.bleu_score(hyps, refs[:1])
 
 
+def assert_flat_weights_are_parameters(model):
+    """Each LSTM's flat weights (the list handed to its kernels) are its parameters, not copies."""
+    for lstm in (model.encoder, model.decoder):
+        params = dict(lstm.named_parameters())
+        assert len(lstm._flat_weights) == len(params)
+        for name, flat in zip(lstm._flat_weights_names, lstm._flat_weights):
+            assert flat.data_ptr() == params[name].data_ptr(), name
+
+
 def test_masked_training_keeps_pruned_lstm_weights_zero(corpus):
     model = nmt.build_model(TINY_PARAMS, corpus)
     m = nmt.prune_masks(model, 0.7, "class-blind")
@@ -111,9 +120,23 @@ def test_masked_training_keeps_pruned_lstm_weights_zero(corpus):
         assert params[name][m[name]].ne(0).float().mean() > 0.9
     report = masks.sparsity_report(model, m)
     assert report.sparsity.iloc[-1] == pytest.approx(0.7, abs=1e-3)
-    # The LSTM's flat weights still alias the parameters: zeroing through them shows up in the output.
-    before = model(*(lambda b: (b.src, b.src_len, b.tgt_in))(next(corpus["val"].batches(8))))
-    assert torch.isfinite(before).all()
+    assert_flat_weights_are_parameters(model)
+    # The LSTMs compute with the masked weights: the same output as a freshly built model loaded with them ...
+    batch = next(corpus["val"].batches(8))
+    args = (batch.src, batch.src_len, batch.tgt_in)
+    fresh = nmt.load_state_(nmt.build_model(TINY_PARAMS, corpus), model.state_dict()).eval()
+    assert_flat_weights_are_parameters(fresh)
+    with torch.no_grad():
+        before = model(*args)
+        assert torch.equal(before, fresh(*args))
+        # ... and pruning further in place reaches the LSTM kernels exactly as loading those weights does.
+        stricter = nmt.prune_masks(model, 0.9, "class-blind")
+        assert (~stricter["encoder.weight_ih_l0"] & m["encoder.weight_ih_l0"]).any()
+        masks.apply_masks_(model, stricter)
+        assert_flat_weights_are_parameters(model)
+        after = model(*args)
+        assert not torch.allclose(after, before, atol=1e-4)
+        assert torch.equal(after, nmt.load_state_(fresh, model.state_dict())(*args))
 
 
 def test_prune_masks_bad_input(corpus):
@@ -148,7 +171,7 @@ def test_baseline_is_cached_and_a_mismatching_checkpoint_is_refused(corpus, tmp_
     other = nmt.build_model({**params, "hidden": 16}, corpus)
     with pytest.raises(ValueError, match="does not match.*encoder.weight_hh_l0: checkpoint \\(192, 48\\) vs model \\(64, 16\\)"):
         nmt.load_state_(other, first.model.state_dict())
-    torch.save({**torch.load(path, weights_only=False), "state_dict": other.state_dict()}, path)
+    torch.save({**torch.load(path, weights_only=True), "state_dict": other.state_dict()}, path)
     with pytest.raises(ValueError, match="checkpoint does not match the model parameters"):
         nmt.baseline(params, corpus, progress=False)
     init = first.initial_model()

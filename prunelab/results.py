@@ -314,7 +314,7 @@ def load_checkpoint(path: Path) -> dict:
             raise ValueError("the file is empty")
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict):
-            raise ValueError(f"it holds a {type(obj).__name__}, not a dict")
+            raise ValueError(f"it holds an object of type {type(obj).__name__}, not a dict")
         return obj
     except Exception as err:  # noqa: BLE001 (torch raises many kinds for a bad file; all mean the same here)
         reason = " ".join(str(err).split())

@@ -1,12 +1,13 @@
 """Where notebooks run: this machine (the default), sharded over worker processes (one per GPU
 when there are several), or a Slurm cluster through submitit.
 
-A sharded notebook runs in rounds of ``shards`` jobs (`prunelab.shards`), then one gather run
-executes it whole from the cached points and writes its tables, figures and claims: the same
-bytes as an unsharded run.  Notebooks without a grid (no ``run.memo``) are not sharded.  On
-Slurm, each round is a job array, the gather job waits for the last round (``afterany``: a
-failed shard's points are then computed by the gather), and the notebooks of a study wait for
-the one that trains their baseline (``afterok``).
+A sharded notebook runs as ``shards`` jobs at once (`prunelab.shards`: each computes its own
+grid points and waits for the others' where it needs them), then one gather run executes it
+whole from the cached points and writes its tables, figures and claims: the same bytes as an
+unsharded run.  Notebooks without a grid (no ``run.memo``) are not sharded.  On Slurm the
+shards are a job array (a second array catches points whose owner was still queued), the
+gather job waits for them (``afterany``: a failed shard's points are then computed by the
+gather), and the notebooks of a study wait for the one that trains their baseline (``afterok``).
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from typing import Any
 from prunelab import results, runner, shards
 
 EXECUTORS = ("local", "slurm")
-# Rounds of shard jobs: a point that needs other points' values (20 scores every method against
-# its cached dense model, then retrains the best methods) is reached in a later round.
-ROUNDS = 3
+# Slurm job arrays per notebook. One suffices when every shard runs at once (the shards wait for
+# each other's points); a second catches points whose owner was still queued (--max-parallel < N).
+ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,18 @@ def check_shards(n: int) -> int:
 
 
 def run_shard(notebook: str, profile: str, overrides: dict[str, Any], index: int, n: int,
-              fresh: bool = False, gpu: int | None = None) -> dict[str, int]:
-    """Run shard ``index`` of ``n`` of ``notebook``: compute its reachable grid points.
+              fresh: bool = False, gpu: int | None = None, grace_s: float = 120.0, poll_s: float = 1.0) -> dict:
+    """Run shard ``index`` of ``n`` of ``notebook`` until it has computed every point it can reach.
 
-    Returns the shard's counts (``computed``, ``pending``). Runs in a worker process or a
-    Slurm job; ``gpu`` pins it to one GPU (``CUDA_VISIBLE_DEVICES``).
+    Each execution stops at the first use of another shard's point; the job then waits for the
+    points it was handed placeholders for and executes the notebook again.  It gives up on a
+    point whose owner is not running (never started within ``grace_s``, or ended without it):
+    the gather run computes those.  Runs in a worker process or a Slurm job; ``gpu`` pins it to
+    one GPU (``CUDA_VISIBLE_DEVICES``).
+
+    Returns:
+        ``computed`` (points this shard computed), ``executions``, and ``complete``: False when it
+        gave up on a point.
 
     Raises:
         RuntimeError: the notebook failed for a reason other than reaching another shard's point.
@@ -70,20 +78,70 @@ def run_shard(notebook: str, profile: str, overrides: dict[str, Any], index: int
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     params = runner.resolve(notebook, profile, overrides)
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
-    status = shards.status_path(path, (index, n))
-    status.parent.mkdir(parents=True, exist_ok=True)
-    status.unlink(missing_ok=True)
+    me = (index, n)
+    shards.status_path(path, me).parent.mkdir(parents=True, exist_ok=True)
 
     def stop_ok(err) -> bool:
-        counts = json.loads(status.read_text()) if status.exists() else {}
-        return err.ename == "ShardStop" or (counts.get("pending", 0) > 0 and not counts.get("error"))
+        status = shards.read_status(path, me)
+        return err.ename == "ShardStop" or (bool(status.get("stop")) and not status.get("error"))
 
+    totals = {"computed": 0, "executions": 0, "complete": True}
     try:
-        runner._execute(notebook, params, path, fresh, progress=False, stop_ok=stop_ok,
-                        output=path / "shards" / f"{index}of{n}.ipynb")
+        with results.file_lock(shards.alive_path(path, me), wait=False):
+            while True:
+                shards.status_path(path, me).unlink(missing_ok=True)
+                runner._execute(notebook, params, path, fresh, progress=False, stop_ok=stop_ok,
+                                output=path / "shards" / f"{index}of{n}.ipynb")
+                status = shards.read_status(path, me)
+                totals["computed"] += status.get("computed", 0)
+                totals["executions"] += 1
+                if status.get("stop", "end") == "end":
+                    break
+                if not _wait_for_points(path, status.get("pending", []), n, grace_s, poll_s):
+                    totals["complete"] = False
+                    break
     finally:
         os.environ.pop(shards.SHARD_ENV, None)
-    return json.loads(status.read_text()) if status.exists() else {}
+    return totals
+
+
+def _wait_for_points(path: Path, files: list[str], n: int, grace_s: float, poll_s: float) -> bool:
+    """Wait until every cache file in ``files`` exists; False as soon as one's owner is not running."""
+    start = time.monotonic()
+    while True:
+        missing = [f for f in files if not (path / "cache" / f).exists()]
+        if not missing:
+            return True
+        for f in missing:
+            owner = (shards.owner(f.rsplit("-", 1)[1].removesuffix(".json"), n), n)
+            started = shards.alive_path(path, owner).exists()
+            if started and not _running(shards.alive_path(path, owner)):
+                if not (path / "cache" / f).exists():  # ended; it may have cached the point just before
+                    return False
+            elif not started and time.monotonic() - start > grace_s:
+                return False
+        time.sleep(poll_s)
+
+
+def clear_stale_shards(path: Path) -> None:
+    """Remove the alive files of shard jobs that are not running (left by an earlier run), so a
+    waiting shard does not take a shard that has yet to start for one that has ended."""
+    for alive in (Path(path) / "shards").glob("*.alive"):
+        if not _running(alive):
+            alive.unlink(missing_ok=True)
+
+
+def _running(alive: Path) -> bool:
+    """Whether another process holds ``alive`` (`results.file_lock`), i.e. that shard job runs."""
+    import fcntl
+
+    with open(alive, "a+") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.lockf(f, fcntl.LOCK_UN)
+        return False
 
 
 def _local_gpus() -> int:
@@ -108,18 +166,15 @@ def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, fo
     if fresh:
         shutil.rmtree(path / "cache", ignore_errors=True)
     gpus = _local_gpus()
-    rounds = []
-    for r in range(ROUNDS):
+    with results.run_lock(path, f"{notebook} with these parameters"):
+        clear_stale_shards(path)
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [pool.submit(run_shard, notebook, profile, overrides, i, n, fresh, i % gpus if gpus > 1 else None)
                     for i in range(n)]
             counts = [job.result() for job in jobs]
-        done = sum(c.get("computed", 0) for c in counts)
-        rounds.append(counts)
-        results.write_json(path / "shards" / "rounds.json", rounds)
-        log(f"    round {r + 1}: {n} shards computed {done} grid points", flush=True)
-        if done == 0 or not any(c.get("pending", 0) for c in counts):
-            break  # no shard progressed, or every shard ran to the end: the gather does the rest
+    results.write_json(path / "shards" / "summary.json", counts)
+    log(f"    {n} shards computed {sum(c['computed'] for c in counts)} grid points "
+        f"in {sum(c['executions'] for c in counts)} executions", flush=True)
     return runner.run_notebook(notebook, profile, overrides, force=True, progress=progress)
 
 
@@ -220,6 +275,7 @@ def submit_slurm(names: list[str], profile: str, shares: dict[str, dict[str, Any
             continue
         if fresh:
             shutil.rmtree(path / "cache", ignore_errors=True)
+        clear_stale_shards(path)
         study = next((s for s, members in studies.items() if name in members), None)
         first = studies[study][0] if study else None
         afterok = [gathers[first]] if study and name != first and first in gathers else []

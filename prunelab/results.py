@@ -231,9 +231,9 @@ class Run:
         if path.exists():
             return json.loads(path.read_text())
         shard = shards.current()
-        if shard is not None and shards.shard_of(name, key, shard[1]) != shard[0]:
-            shards.note(self.path, shard, "pending")
-            return shards.Pending(f"{name} {json.dumps(key, sort_keys=True, default=str)}")
+        if shard is not None and shards.owner(digest, shard[1]) != shard[0]:
+            shards.note(self.path, shard, "pending", path.name)
+            return shards.Pending(f"{name} {json.dumps(key, sort_keys=True, default=str)}", self.path)
         try:
             value = compute()
         except shards.ShardStop:
@@ -257,8 +257,8 @@ class Run:
         pending stops at its first write (its tables would be partial)."""
         from prunelab import shards
 
-        if shards.stopped(self.path):
-            raise shards.ShardStop("results need points other shards compute")
+        if shards.has_pending(self.path):
+            raise shards.stop(self.path, "write", "results need points other shards compute")
         return shards.current() is None
 
     def finish(self) -> None:
@@ -266,7 +266,7 @@ class Run:
         from prunelab import shards
 
         if shards.current() is not None:
-            raise shards.ShardStop("a shard never finishes a run: the gather run does")
+            raise shards.stop(self.path, "end", "a shard never finishes a run: the gather run does")
         write_json(self.path / "complete.json", {"notebook": self.notebook, "hash": self.hash})
 
 

@@ -1,12 +1,15 @@
 """Grid sharding: which process computes which grid point of a notebook (`Run.memo`).
 
-A shard job runs the whole notebook with ``$PRUNELAB_SHARD = "i/N"``: `Run.memo` computes only
-the points whose key hashes to ``i`` (a stable hash, so every point belongs to exactly one
-shard) and hands back a `Pending` placeholder for any other point not cached yet.  The first
-use of a placeholder (or any attempt to write tables, figures, claims or ``complete.json``)
-raises `ShardStop`: the shard has computed every point it could reach, and stops.  A later
-round finds the first stage cached and computes the points that depended on it; then the
-gather run executes the notebook whole, finds the points cached, and writes the results.
+A shard job runs the notebook with ``$PRUNELAB_SHARD = "i/N"``: `Run.memo` computes only the
+points whose key hashes to ``i`` (a stable hash, so every point belongs to exactly one shard)
+and hands back a `Pending` placeholder for any other point not cached yet.  The first use of a
+placeholder (or any attempt to write tables, figures or claims while one is out) raises
+`ShardStop`, and the shard's status file lists the points it was handed as placeholders.  The
+shard job (`executors.run_shard`) then waits until their owners have cached them and runs the
+notebook again, now further; it gives up on a point whose owner is not running.  Points depend
+only on points asked for earlier (the notebook's order is the same in every shard), so the
+shards never wait on each other in a circle.  A gather run then executes the notebook whole
+from the cache and writes the results.
 
 >>> shard_of("point", {"sparsity": 0.5}, 3) == shard_of("point", {"sparsity": 0.5}, 3)
 True
@@ -22,7 +25,7 @@ SHARD_ENV = "PRUNELAB_SHARD"
 
 
 class ShardStop(Exception):
-    """A shard needs a value another shard computes: its own reachable points are done."""
+    """A shard needs a value another shard computes (or reached the end): it stops here."""
 
 
 def current() -> tuple[int, int] | None:
@@ -39,47 +42,71 @@ def current() -> tuple[int, int] | None:
     return i, n
 
 
+def owner(digest: str, n: int) -> int:
+    """The shard that computes the point whose key hashes to ``digest`` (`results.params_hash`)."""
+    return int(digest, 16) % n
+
+
 def shard_of(name: str, key: dict[str, Any], n: int) -> int:
     """The shard (0..n-1) that computes point ``key`` of memo ``name``: a stable hash of both."""
     from prunelab.results import params_hash
 
-    return int(params_hash(name, key), 16) % n
+    return owner(params_hash(name, key), n)
 
 
 def status_path(run_path: Path, shard: tuple[int, int]) -> Path:
-    """Where shard ``(i, N)`` of a run records what it computed and what it left pending."""
+    """Where shard ``(i, N)`` records one execution: ``computed``, ``pending`` (the cache files it
+    was handed placeholders for), ``error``, and ``stop`` (``use``, ``write`` or ``end``)."""
     return Path(run_path) / "shards" / f"{shard[0]}of{shard[1]}.json"
 
 
-def note(run_path: Path, shard: tuple[int, int], event: str) -> None:
-    """Count an event (``computed``, ``pending``, ``error``) in the shard's status file."""
+def alive_path(run_path: Path, shard: tuple[int, int]) -> Path:
+    """The lock a shard job holds while it runs (`executors.run_shard`): free means not running."""
+    return Path(run_path) / "shards" / f"{shard[0]}of{shard[1]}.alive"
+
+
+def read_status(run_path: Path, shard: tuple[int, int]) -> dict:
+    path = status_path(run_path, shard)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def note(run_path: Path, shard: tuple[int, int], event: str, value: Any = 1) -> None:
+    """Record an event in the shard's status: counts add up, ``pending`` collects, ``stop`` is set once."""
     from prunelab.results import write_json
 
-    path = status_path(run_path, shard)
-    counts = json.loads(path.read_text()) if path.exists() else {}
-    counts[event] = counts.get(event, 0) + 1
-    write_json(path, counts)
+    status = read_status(run_path, shard)
+    if event == "pending":
+        status["pending"] = [*status.get("pending", []), value]
+    elif event == "stop":
+        status.setdefault("stop", value)
+    else:
+        status[event] = status.get(event, 0) + value
+    write_json(status_path(run_path, shard), status)
 
 
-def stopped(run_path: Path) -> bool:
+def stop(run_path: Path, why: str, message: str) -> ShardStop:
+    """Record why this shard stops (``use``, ``write``, ``end``) and return the exception to raise."""
+    note(run_path, current(), "stop", why)
+    return ShardStop(message)
+
+
+def has_pending(run_path: Path) -> bool:
     """Whether this process, a shard, has handed out a `Pending` (so its results are partial)."""
     shard = current()
-    if shard is None:
-        return False
-    path = status_path(run_path, shard)
-    return path.exists() and json.loads(path.read_text()).get("pending", 0) > 0
+    return shard is not None and bool(read_status(run_path, shard).get("pending"))
 
 
 class Pending:
     """The value of a grid point another shard computes; using it in any way stops the shard."""
 
-    __slots__ = ("what",)
+    __slots__ = ("what", "run_path")
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, run_path: Path):
         object.__setattr__(self, "what", what)
+        object.__setattr__(self, "run_path", run_path)
 
     def _stop(self, *args, **kwargs):
-        raise ShardStop(f"{self.what} is computed by another shard")
+        raise stop(self.run_path, "use", f"{self.what} is computed by another shard")
 
     __getattr__ = __getitem__ = __iter__ = __len__ = __bool__ = __float__ = __int__ = __index__ = _stop
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _stop

@@ -82,11 +82,10 @@ def test_sharded_tour_equals_unsharded_and_computes_each_point_once(tmp_path, mo
     sharded, executed = executors.run_local("00_tour", "smoke", {}, 3, progress=False, log=lambda *a, **k: None)
     assert executed and sharded.complete
     assert _tables(sharded.path) == _tables(plain.path)  # byte for byte
-    rounds = json.loads((sharded.path / "shards" / "rounds.json").read_text())
-    computed = sum(c.get("computed", 0) for counts in rounds for c in counts)
+    summary = json.loads((sharded.path / "shards" / "summary.json").read_text())
     cached = len(list((sharded.path / "cache").glob("*.json")))
-    assert computed == cached == 24  # every point once, by the shards; the gather computed none
-    assert all(c.get("computed", 0) > 0 for c in rounds[0])  # all three shards worked
+    assert sum(c["computed"] for c in summary) == cached == 24  # every point once, by the shards; gather none
+    assert all(c["computed"] > 0 and c["complete"] for c in summary)  # all three worked, none gave up
     assert (sharded.path / "00_tour.ipynb").exists() and not (sharded.path / "00_tour.failed.ipynb").exists()
     assert f"00_tour [smoke] {sharded.hash}: 24/24 grid points, complete" in executors.status(tmp_path / "sharded")
 
@@ -145,8 +144,8 @@ def test_shard_killed_mid_point_loses_nothing_and_a_rerun_completes(runs, tmp_pa
     assert kept and len(kept) < 8  # what finished is cached
     run, executed = executors.run_local("01_grid", "smoke", {}, 2, progress=False, log=lambda *a, **k: None)
     assert executed and run.load_table("squares").y.tolist() == [i * i for i in range(8)]
-    rounds = json.loads((path / "shards" / "rounds.json").read_text())
-    assert sum(c.get("computed", 0) for counts in rounds for c in counts) == 8 - len(kept)  # nothing recomputed
+    summary = json.loads((path / "shards" / "summary.json").read_text())
+    assert sum(c["computed"] for c in summary) == 8 - len(kept)  # nothing recomputed
 
 
 # ---- a real Slurm: tools/slurm_up.sh brings up a single-node cluster ----

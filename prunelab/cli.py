@@ -67,10 +67,22 @@ def _minutes(text: str) -> int:
         raise ValueError(f"--time {text!r}: give minutes (90) or [D-]HH:MM[:SS] (01:30:00)") from None
 
 
+def _importable_here() -> None:
+    """Modules in the folder ``prunelab run`` starts from import, here and in the notebooks' kernels
+    (as under ``python -m``; appended, so installed packages win): ``-p model=mynets:small``."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, here])
+
+
 def cmd_run(args) -> int:
     from prunelab import executors
 
     profile = _profile(args.profile)
+    _importable_here()
     names = runner.expand(args.notebooks) if args.notebooks else runner.notebooks()
     shares = runner.split_overrides(names, _overrides(args.param))
     n = executors.check_shards(args.shards)

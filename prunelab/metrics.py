@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -30,14 +30,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` on (x, y), in eval mode (the model's own mode is restored after)."""
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    return accuracy_over(model, ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)))
+
+
+@torch.no_grad()
+def accuracy_over(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Top-1 accuracy over ``(x, y)`` batches (a streamed test split), in eval mode (mode restored after).
+
+    >>> accuracy_over(nn.Linear(2, 2), [(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))]) in (0.0, 1.0)
+    True
+    """
+    correct, count = None, 0
     with eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
-    return float(correct) / x.shape[0]
+        for xb, yb in batches:
+            hits = (model(xb).argmax(1) == yb).sum()
+            correct = hits if correct is None else correct + hits
+            count += yb.shape[0]
+    return float(correct) / count if count else float("nan")
 
 
 def count_params(model: nn.Module) -> int:

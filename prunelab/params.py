@@ -8,7 +8,10 @@ papermill or in JupyterLab.  The grammar, smallest first:
 - a bound after ``int`` or ``float``: ``>= 1``, ``> 0``, or an interval ``in [0, 1)``;
 - ``one of a, b, c`` (literal names) or ``one of prunelab.masks.SCHEMES`` (a registry: a tuple
   or dict of names, imported, so the allowed names never drift from the code);
-- ``list of <spec>``: a non-empty list; ``list of <spec> (may be empty)`` allows ``[]``.
+- ``list of <spec>``: a non-empty list; ``list of <spec> (may be empty)`` allows ``[]``;
+- ``<spec> checked by package.module.function``: after the type, ``function(value, params)`` (all the
+  notebook's parameters, typed) checks what a type cannot say (a model name, a folder's layout) and
+  raises a ValueError whose message continues "parameter name=value ...".
 
 >>> check_value("epochs", 3, "int >= 1")
 3
@@ -25,7 +28,7 @@ import importlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -59,6 +62,7 @@ class Spec:
     choices: tuple[str, ...] = ()
     item: Spec | None = None
     may_be_empty: bool = False
+    checker: str = ""              # package.module.function called with (value, params) after the type
 
     def describe(self, plural: bool = False) -> str:
         if self.base == "list":
@@ -138,6 +142,9 @@ def _registry(dotted: str) -> tuple[str, ...]:
 def parse_spec(text: str) -> Spec:
     """Parse a type spec (see the module docstring); a malformed spec is a ValueError naming it."""
     text = " ".join(text.split())
+    if " checked by " in text:
+        text, _, checker = text.partition(" checked by ")
+        return replace(parse_spec(text), checker=checker.strip())
     if text.startswith("list of "):
         inner, empty = text[len("list of "):], text.endswith(" (may be empty)")
         inner = inner[: -len(" (may be empty)")] if empty else inner
@@ -167,6 +174,28 @@ def check_value(name: str, value: Any, spec: str | Spec) -> Any:
     except ValueError as err:
         shown = str(value) if isinstance(value, BareWord) else json.dumps(value, default=str)
         raise ParameterError(f"parameter {name}={shown} {err}; {name} takes {spec.describe()}") from None
+
+
+def run_checker(name: str, value: Any, spec: str | Spec, params: dict[str, Any]) -> Any:
+    """``value`` once the spec's checker (if any) has accepted it; else a one-line `ParameterError`.
+
+    >>> run_checker("dataset", "./nowhere", "str checked by prunelab.data.imagesources.check_dataset", {})
+    Traceback (most recent call last):
+    prunelab.params.ParameterError: parameter dataset="./nowhere" names no folder (nowhere does not exist)
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if not spec.checker:
+        return value
+    module, _, attr = spec.checker.rpartition(".")
+    try:
+        check = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"type spec of {name} names checker {spec.checker!r}, which cannot be imported ({err})") from None
+    try:
+        check(value, params)
+    except ValueError as err:
+        raise ParameterError(f"parameter {name}={json.dumps(value, default=str)} {' '.join(str(err).split())}") from None
+    return value
 
 
 def parse_cli_value(text: str) -> Any:

@@ -14,6 +14,10 @@ leaders of the groups that can be pruned (criteria score one vector per group) a
 those of one conv only. A plan entry may name any member, with indices numbering the leader's
 channels; two entries of one group are refused.
 
+Hidden units. With ``linear=True`` the hidden ``nn.Linear`` layers join the convs: a layer's
+output units are its "filters", pruned the same way (``tp.prune_linear_out_channels``: the next
+linear layer loses those inputs). The output layer never: its group reaches the model's output.
+
 Never pruned (listed with their ``reason``; a plan or criterion asking for them is refused):
 a group whose channels reach the model's output without passing a conv or linear layer
 (SqueezeNet's classifier conv: its channels are the classes), a group holding a grouped conv
@@ -49,16 +53,17 @@ _CHANNELWISE = {_OP.BN, _OP.IN, _OP.PRELU, _OP.ELEMENTWISE, _OP.CONCAT, _OP.SPLI
 
 @dataclass(frozen=True)
 class FilterLayer:
-    """One conv and the dependency group its filters belong to.
+    """One conv (or hidden linear layer) and the dependency group its filters (units) belong to.
 
     Attributes:
-        name: the conv's module name.
-        point: module whose output holds its feature maps (the following batch-norm, else the conv).
-        n_filters: its current number of output channels (the group's channels).
+        name: the layer's module name.
+        point: module whose output holds its feature maps (the following batch-norm, else the layer).
+        n_filters: its current number of output channels or units (the group's channels).
         members: the convs of its group in module order, the leader first (empty: the conv alone).
         reason: why the group is never pruned ("" when it can be).
         inputs: where removal acts on consumers: (module name, its input-channel indices, the group
             channel each one comes from) per conv or linear layer reading the group's channels.
+        kind: ``"conv"`` or ``"linear"`` (a hidden linear layer's units).
     """
 
     name: str
@@ -67,6 +72,7 @@ class FilterLayer:
     members: tuple[str, ...] = ()
     reason: str = ""
     inputs: Inputs = field(default=(), repr=False)
+    kind: str = "conv"
 
     @property
     def leader(self) -> str:
@@ -93,13 +99,14 @@ def _is_depthwise(conv: nn.Module) -> bool:
     return conv.groups == conv.in_channels == conv.out_channels
 
 
-def _describe(graph: tp.DependencyGraph, group, names: dict) -> tuple[tuple[str, ...], str, Inputs]:
-    """Members (convs whose out channels the group prunes), the reason it cannot be pruned, its consumers."""
+def _describe(graph: tp.DependencyGraph, group, names: dict, kinds: tuple[type, ...]) -> tuple[tuple[str, ...], str, Inputs]:
+    """Members (layers of ``kinds`` whose out channels the group prunes), the reason it cannot be pruned, its consumers."""
     members, inputs, reasons = [], [], []
     for item in group:
         dep, module = item.dep, item.dep.target.module
         kind, name = dep.target.type, names.get(module, type(module).__name__)
-        if kind == _OP.OUTPUT:
+        reads = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and graph.is_in_channel_pruning_fn(dep.handler)
+        if kind == _OP.OUTPUT or (not dep.target.outputs and not reads):  # no node after it: the model's output
             reasons.append("its channels are the model's output (they reach it through no conv or linear layer); "
                            "output channels are never pruned")
         elif kind not in _CHANNELWISE:
@@ -107,7 +114,7 @@ def _describe(graph: tp.DependencyGraph, group, names: dict) -> tuple[tuple[str,
         elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not _is_depthwise(module):
             reasons.append(f"its channels reach {name}, a grouped conv (groups={module.groups}); only depthwise "
                            "convs (groups = channels) are pruned")
-        elif isinstance(module, nn.Conv2d) and graph.is_out_channel_pruning_fn(dep.handler):
+        elif isinstance(module, kinds) and graph.is_out_channel_pruning_fn(dep.handler):
             members.append(name)
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and graph.is_in_channel_pruning_fn(dep.handler):
             inputs.append((name, tuple(int(i) for i in item.idxs), tuple(int(r) for r in item.root_idxs)))
@@ -115,17 +122,20 @@ def _describe(graph: tp.DependencyGraph, group, names: dict) -> tuple[tuple[str,
     return tuple(sorted(set(members), key=order.get)), "; ".join(dict.fromkeys(reasons)), tuple(inputs)
 
 
-def _point(graph: tp.DependencyGraph, conv: nn.Conv2d, name: str, names: dict) -> str:
-    outputs = graph.module2node[conv].outputs
-    if len(outputs) == 1 and isinstance(outputs[0].module, nn.BatchNorm2d):
+def _point(graph: tp.DependencyGraph, layer: nn.Module, name: str, names: dict) -> str:
+    outputs = graph.module2node[layer].outputs
+    if len(outputs) == 1 and isinstance(outputs[0].module, (nn.BatchNorm2d, nn.BatchNorm1d)):
         return names[outputs[0].module]
     return name
 
 
-def filter_layers(model: nn.Module, example: Tensor, graph: tp.DependencyGraph | None = None) -> dict[str, FilterLayer]:
-    """Every ``nn.Conv2d`` of ``model``, in module order, with its feature-map point and dependency group.
+def filter_layers(model: nn.Module, example: Tensor, graph: tp.DependencyGraph | None = None,
+                  linear: bool = False) -> dict[str, FilterLayer]:
+    """Every ``nn.Conv2d`` of ``model`` (and with ``linear``, every ``nn.Linear``), in module order,
+    with its feature-map point and dependency group.
 
     ``graph`` reuses a dependency graph already traced on ``model`` (else one is traced on ``example``).
+    The model's output layer is listed with its ``reason``: never pruned.
 
     >>> from prunelab.models.cnn import alexnet_small
     >>> layers = filter_layers(alexnet_small(), torch.zeros(1, 1, 32, 32))
@@ -134,19 +144,29 @@ def filter_layers(model: nn.Module, example: Tensor, graph: tp.DependencyGraph |
     """
     graph = graph or build_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
-    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    kinds = (nn.Conv2d, nn.Linear) if linear else (nn.Conv2d,)
+    units = {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
     layers: dict[str, FilterLayer] = {}
-    for name, conv in convs.items():
+    for name, layer in units.items():
         if name in layers:
             continue
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-        members, reason, inputs = _describe(graph, group, names)
+        group = graph.get_pruning_group(layer, _out_fn(layer), idxs=list(range(_width(layer))))
+        members, reason, inputs = _describe(graph, group, names, kinds)
         members = members if name in members else (name, *members)
         for m in members:
-            if m in layers:  # Torch-Pruning's groups partition the convs; refuse to guess if one does not
+            if m in layers:  # Torch-Pruning's groups partition the layers; refuse to guess if one does not
                 raise RuntimeError(f"{m!r} is in the dependency groups of both {layers[m].leader!r} and {name!r}")
-            layers[m] = FilterLayer(m, _point(graph, convs[m], m, names), convs[m].out_channels, members, reason, inputs)
-    return {n: layers[n] for n in convs}
+            kind = "linear" if isinstance(units[m], nn.Linear) else "conv"
+            layers[m] = FilterLayer(m, _point(graph, units[m], m, names), _width(units[m]), members, reason, inputs, kind)
+    return {n: layers[n] for n in units}
+
+
+def _width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _out_fn(layer: nn.Module):
+    return tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
 
 
 def rankable(layers: Mapping[str, FilterLayer]) -> list[str]:
@@ -199,13 +219,15 @@ def prunable_layer(layers: Mapping[str, FilterLayer], name: str) -> FilterLayer:
     if name not in layers:
         offered = rankable(layers)
         shown = ", ".join(offered[:12]) + (f", ... ({len(offered)} in all)" if len(offered) > 12 else "")
-        raise KeyError(f"unknown layer {name!r}; prunable conv layers are {shown}")
+        what = "layers" if any(layers[n].kind == "linear" for n in layers) else "conv layers (hidden linear units: linear=True)"
+        raise KeyError(f"unknown layer {name!r}; prunable {what} are {shown}")
     if not layers[name].prunable:
         raise ValueError(f"{name!r} cannot be pruned: {layers[name].reason}")
     return layers[name]
 
 
-def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example: Tensor, min_filters: int = 1) -> nn.Module:
+def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example: Tensor, min_filters: int = 1,
+                    linear: bool = False) -> nn.Module:
     """Physically remove the planned filters from ``model`` (in place) and return it.
 
     Each entry prunes its conv's Torch-Pruning group: the out channels of every member conv
@@ -216,6 +238,7 @@ def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example
         plan: conv name -> filter indices (as numbered before this call).
         example: an input batch used to trace the graph, shape ``(N, C, H, W)``.
         min_filters: the fewest filters any layer may keep.
+        linear: the plan may name hidden linear layers (their units are removed).
 
     Raises:
         See `check_plan`; nothing is changed when the plan is refused.
@@ -226,11 +249,12 @@ def remove_filters_(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     (62, 992)
     """
     graph = build_graph(model, example)
-    layers = filter_layers(model, example, graph)
+    layers = filter_layers(model, example, graph, linear)
     plan = check_plan(plan, layers, min_filters)
     modules = dict(model.named_modules())
     for name, idxs in plan.items():
-        group = graph.get_pruning_group(modules[layers[name].leader], tp.prune_conv_out_channels, idxs=idxs)
+        leader = modules[layers[name].leader]
+        group = graph.get_pruning_group(leader, _out_fn(leader), idxs=idxs)
         group.prune()
     return model
 

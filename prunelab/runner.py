@@ -88,7 +88,16 @@ def split_overrides(names: list[str], overrides: dict[str, Any]) -> dict[str, di
             if len(names) == 1:
                 raise KeyError(f"{names[0]} has no parameter {key!r}; it takes {takes}")
             raise KeyError(f"none of {', '.join(names)} takes a parameter {key!r}; together they take {takes}")
-    return {name: {k: v for k, v in overrides.items() if k in declared[name]} for name in names}
+    return {name: {k: _absolute(v, declared[name][k]) for k, v in overrides.items() if k in declared[name]} for name in names}
+
+
+def _absolute(value: Any, spec: str) -> Any:
+    """A relative path that exists from here, made absolute: notebooks run in ``notebooks/``, so a
+    ``path`` parameter given on the command line means the caller's folder, not theirs."""
+    if params_mod.parse_spec(spec).base == "path" and isinstance(value, str) and value and not os.path.isabs(value):
+        if os.path.exists(os.path.expanduser(value)):
+            return os.path.abspath(os.path.expanduser(value))
+    return value
 
 
 def check_profile(profile: str) -> str:
@@ -153,6 +162,8 @@ def resolve(notebook: str, profile: str | None = None, overrides: dict[str, Any]
             raise ValueError(f"{notebook}: parameter {key} has no declared type; add it to the [types] table of "
                              f"notebooks/profiles/{notebook}.toml (or its base)")
         params[key] = params_mod.check_value(key, value, types[key])
+    for key, value in params.items():  # checks that read other parameters see them typed
+        params_mod.run_checker(key, value, types[key], params)
     return {"profile": profile, **params}
 
 

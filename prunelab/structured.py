@@ -6,6 +6,11 @@ the median CPU latency of one forward pass at a stated batch size (and CUDA late
 model lives on a GPU), and fine-tuning seconds per epoch. The ranked units are the prunable
 dependency groups (`prunelab.removal.rankable`: a conv with the depthwise convs, gates and
 residual partners that share its channels; never the output layer), each named by its leader.
+With ``prune_linear`` the hidden linear layers' units join the ranking (same criterion, same
+removal): where the classifier dominates the pruned net's time, filters alone cannot make it fast.
+
+Data is `prunelab.data.imagesets.ImageData` (streamed or in memory) or a dict of tensors
+``x_train``, ``y_train``, ``x_test``, ``y_test`` (wrapped by `imagesets.from_tensors`).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from tqdm.auto import tqdm
 
 from prunelab import metrics, train
 from prunelab.criteria.filters import describe_normalization, get_filter_criterion
+from prunelab.data.imagesets import ImageData, from_tensors
 from prunelab.models.cnn import check_input_shape
 from prunelab.removal import filter_layers, plan_from_scores, rankable, remove_filters_
 
@@ -38,6 +44,7 @@ class PruneConfig:
         min_filters: the fewest filters a layer keeps.
         score_examples: training examples used by the criterion (held fixed, the first ones).
         latency_batch: batch size of the latency measurement.
+        prune_linear: rank and remove hidden linear units too (never the output layer).
     """
 
     criterion: str = "taylor"
@@ -54,40 +61,46 @@ class PruneConfig:
     latency_batch: int = 64
     latency_repeats: int = 10
     seed: int = 0
+    prune_linear: bool = False
 
 
-def min_flops(model: nn.Module, example: Tensor, names: list[str], min_filters: int) -> int:
+def min_flops(model: nn.Module, example: Tensor, names: list[str], min_filters: int, linear: bool = False) -> int:
     """FLOPs per image left when every layer in ``names`` keeps only ``min_filters`` filters."""
-    layers = filter_layers(model, example)
+    layers = filter_layers(model, example, linear=linear)
     small = copy.deepcopy(model)
     plan = {n: list(range(min_filters, layers[n].n_filters)) for n in names}
-    remove_filters_(small, plan, example, min_filters)
+    remove_filters_(small, plan, example, min_filters, linear)
     return metrics.flops(small, example[:1])
 
 
-def measure(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfig) -> dict:
+def accuracy_on_test(model: nn.Module, data: ImageData) -> float:
+    """Top-1 accuracy on the test split (streamed in batches of 512)."""
+    return metrics.accuracy_over(model, data.batches("test", 512))
+
+
+def measure(model: nn.Module, data: ImageData, cfg: PruneConfig) -> dict:
     """Accuracy, parameters, FLOPs per image and latency (CPU always; CUDA when the model is on a GPU)."""
-    x = data["x_test"]
-    row = dict(accuracy=metrics.accuracy(model, x, data["y_test"]), params=metrics.count_params(model),
-               flops=metrics.flops(model, x[:1]), latency_batch=cfg.latency_batch, threads=torch.get_num_threads())
-    batch = torch.zeros(cfg.latency_batch, *x.shape[1:])
-    if x.is_cuda:
-        row["latency_cuda_s"] = metrics.latency(model, batch.to(x.device), repeats=cfg.latency_repeats)
+    example = data.example()
+    row = dict(accuracy=accuracy_on_test(model, data), params=metrics.count_params(model),
+               flops=metrics.flops(model, example), latency_batch=cfg.latency_batch, threads=torch.get_num_threads())
+    batch = torch.zeros(cfg.latency_batch, *data.shape)
+    if example.is_cuda:
+        row["latency_cuda_s"] = metrics.latency(model, batch.to(example.device), repeats=cfg.latency_repeats)
     cpu = copy.deepcopy(model).cpu()
     row["latency_cpu_s"] = metrics.latency(cpu, batch, repeats=cfg.latency_repeats)
     return row
 
 
-def _finetune_(model, data, cfg, gen) -> float:
+def _finetune_(model, data: ImageData, cfg, gen) -> float:
     """Fine-tune in place; return the mean seconds per epoch."""
-    hist = train.train_classifier_(model, data["x_train"], data["y_train"], epochs=cfg.finetune_epochs, lr=cfg.lr,
-                                   batch_size=cfg.batch_size, generator=gen)
+    hist = train.fit_classifier_(model, lambda: data.batches("train", cfg.batch_size, gen), epochs=cfg.finetune_epochs,
+                                 lr=cfg.lr)
     return sum(h["seconds"] for h in hist) / len(hist)
 
 
 def check_targets(model: nn.Module, example: Tensor, names: list[str], cfg: PruneConfig) -> None:
     """Raise a clear ValueError when no target is set or a target cannot be reached."""
-    layers = filter_layers(model, example)
+    layers = filter_layers(model, example, linear=cfg.prune_linear)
     total, floor = sum(layers[n].n_filters for n in names), cfg.min_filters * len(names)
     if cfg.target_flops is None and cfg.target_filters is None:
         raise ValueError("set target_flops (a fraction of the original FLOPs) or target_filters")
@@ -95,7 +108,7 @@ def check_targets(model: nn.Module, example: Tensor, names: list[str], cfg: Prun
         raise ValueError(f"target_filters={cfg.target_filters} is unreachable: between {floor} (min_filters="
                          f"{cfg.min_filters} in each of {len(names)} layers) and {total} filters can remain")
     if cfg.target_flops is not None:
-        reachable = min_flops(model, example, names, cfg.min_filters) / metrics.flops(model, example[:1])
+        reachable = min_flops(model, example, names, cfg.min_filters, cfg.prune_linear) / metrics.flops(model, example[:1])
         if not reachable <= cfg.target_flops <= 1:
             raise ValueError(f"target_flops={cfg.target_flops} is unreachable: keeping min_filters={cfg.min_filters} "
                              f"in each of {', '.join(names)} leaves {reachable:.4f} of the FLOPs; choose a fraction in "
@@ -105,37 +118,40 @@ def check_targets(model: nn.Module, example: Tensor, names: list[str], cfg: Prun
         raise ValueError(f"filters_per_step={cfg.filters_per_step} must be at least 1")
 
 
-def prune_iteratively(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfig, progress: bool = False) -> tuple[list[dict], list[dict]]:
+def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg: PruneConfig,
+                      progress: bool = False) -> tuple[list[dict], list[dict]]:
     """Prune a copy of ``model`` until ``cfg``'s target; ``model`` itself is left unchanged.
 
     Args:
-        data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` on the model's device; images ``(N, C, H, W)``.
+        data: an `ImageData` whose batches land on the model's device, or ``x_train``, ``y_train``,
+            ``x_test``, ``y_test`` tensors there; images ``(N, C, H, W)``.
 
     Returns:
         (levels, layers): one dict per level (level 0 = unpruned; accuracy after fine-tuning,
         accuracy_before_finetune, params, flops, latency, finetune_s_per_epoch, ...), and one dict per
-        level and layer (filters remaining, filters removed at that level).
+        level and layer (kind conv or linear, filters or units remaining, removed at that level).
 
     Raises:
         ValueError: images the model cannot take, an unreachable target, an unknown criterion.
     """
     score = get_filter_criterion(cfg.criterion)
-    check_input_shape(model, tuple(data["x_train"].shape[1:]))
+    data = data if isinstance(data, ImageData) else from_tensors(data)
+    check_input_shape(model, data.shape)
     model = copy.deepcopy(model).eval()
-    example = data["x_train"][:1]
-    names = rankable(filter_layers(model, example))
+    example = data.example()
+    names = rankable(filter_layers(model, example, linear=cfg.prune_linear))
     check_targets(model, example, names, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    xs, ys = data["x_train"][:cfg.score_examples], data["y_train"][:cfg.score_examples]
-    batches = [(xs[i:i + cfg.score_batch], ys[i:i + cfg.score_batch]) for i in range(0, xs.shape[0], cfg.score_batch)]
+    batches = data.head(cfg.score_examples, cfg.score_batch)
     flops0 = metrics.flops(model, example)
     measure(model, data, cfg)  # throwaway: the first timed passes in a process run slow
     start = measure(model, data, cfg)
     base_epoch = _finetune_(copy.deepcopy(model), data, cfg, torch.Generator().manual_seed(cfg.seed))  # timing only
     levels = [dict(level=0, criterion=cfg.criterion, removed=0, **start, accuracy_before_finetune=start["accuracy"],
                    finetune_s_per_epoch=base_epoch, score_s=0.0)]
-    layers = filter_layers(model, example)
-    per_layer = [dict(level=0, criterion=cfg.criterion, layer=n, filters=layers[n].n_filters, removed_now=0) for n in names]
+    layers = filter_layers(model, example, linear=cfg.prune_linear)
+    per_layer = [dict(level=0, criterion=cfg.criterion, layer=n, kind=layers[n].kind, filters=layers[n].n_filters,
+                      removed_now=0) for n in names]
     bar = tqdm(desc=f"pruning ({cfg.criterion})", disable=not progress, leave=False)
     while not _reached(levels[-1], flops0, layers, names, cfg):
         t = time.perf_counter()
@@ -143,17 +159,17 @@ def prune_iteratively(model: nn.Module, data: dict[str, Tensor], cfg: PruneConfi
         score_s = time.perf_counter() - t
         capacity = sum(layers[n].n_filters - cfg.min_filters for n in names)
         plan = plan_from_scores(scores, min(cfg.filters_per_step, capacity), cfg.min_filters)
-        remove_filters_(model, plan, example, cfg.min_filters)
-        before = metrics.accuracy(model, data["x_test"], data["y_test"])
+        remove_filters_(model, plan, example, cfg.min_filters, cfg.prune_linear)
+        before = accuracy_on_test(model, data)
         # Dropout draws from the global RNG: reseed it per level so that a level's fine-tuning
         # does not depend on what else drew from it before (the run was not reproducible otherwise).
         torch.manual_seed(cfg.seed + len(levels))
         epoch_s = _finetune_(model, data, cfg, gen)
-        layers, level = filter_layers(model, example), len(levels)
+        layers, level = filter_layers(model, example, linear=cfg.prune_linear), len(levels)
         levels.append(dict(level=level, criterion=cfg.criterion, removed=levels[-1]["removed"] + sum(map(len, plan.values())),
                            **measure(model, data, cfg), accuracy_before_finetune=before, finetune_s_per_epoch=epoch_s,
                            score_s=score_s))
-        per_layer += [dict(level=level, criterion=cfg.criterion, layer=n, filters=layers[n].n_filters,
+        per_layer += [dict(level=level, criterion=cfg.criterion, layer=n, kind=layers[n].kind, filters=layers[n].n_filters,
                            removed_now=len(plan.get(n, []))) for n in names]
         bar.update()
     bar.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 
 import numpy as np
@@ -54,7 +54,8 @@ def autocast(device: torch.device | str, amp: bool):
 def train_classifier_(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, batch_size: int = 64,
                       masks: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None,
                       weight_decay: float = 0.0, progress: bool = False, amp: bool = False) -> list[dict]:
-    """Train with Adam and cross-entropy; with ``masks``, pruned weights stay exactly zero.
+    """Train with Adam and cross-entropy on tensors ``x``, ``y``; with ``masks``, pruned weights stay
+    exactly zero. Mini-batches are `batches` of ``x``, ``y`` (shuffled with ``generator``).
 
     ``amp`` runs forward and loss under bf16 autocast (weights, gradients and optimizer stay
     fp32, so masks hold exactly); off by default, which keeps fp32 results bit for bit.
@@ -62,22 +63,37 @@ def train_classifier_(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr
 
     Returns one dict per epoch: epoch, loss (mean over batches), seconds.
     """
+    return fit_classifier_(model, lambda: batches(x, y, batch_size, generator), epochs=epochs, lr=lr, masks=masks,
+                           weight_decay=weight_decay, progress=progress, amp=amp)
+
+
+def fit_classifier_(model: nn.Module, epoch_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]], *, epochs: int, lr: float,
+                    masks: Mapping[str, Tensor] | None = None, weight_decay: float = 0.0, progress: bool = False,
+                    amp: bool = False) -> list[dict]:
+    """`train_classifier_` on any source of batches: ``epoch_batches()`` yields one epoch's ``(x, y)``
+    on the model's device (a streamed ``DataLoader``, `prunelab.data.imagesets.ImageData.batches`).
+
+    >>> net = nn.Linear(2, 2)
+    >>> len(fit_classifier_(net, lambda: [(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))], epochs=2, lr=0.1))
+    2
+    """
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     pairs = bind_masks(model, masks) if masks else []
     apply_masks_(pairs)
     loss_fn = nn.CrossEntropyLoss()
+    device = next(model.parameters()).device
     history = []
     for epoch in tqdm(range(epochs), desc="epochs", disable=not progress, leave=False):
         model.train()
-        start, total, count = time.perf_counter(), torch.zeros((), device=x.device), 0
-        for xb, yb in batches(x, y, batch_size, generator):
+        start, total, count = time.perf_counter(), torch.zeros((), device=device), 0
+        for xb, yb in epoch_batches():
             opt.zero_grad(set_to_none=True)
-            with autocast(x.device, amp):
+            with autocast(device, amp):
                 loss = loss_fn(model(xb), yb)
             loss.backward()
             masked_step_(opt, pairs)
             total += loss.detach().float()
             count += 1
-        history.append(dict(epoch=epoch + 1, loss=float(total) / count, seconds=time.perf_counter() - start))
+        history.append(dict(epoch=epoch + 1, loss=float(total) / max(count, 1), seconds=time.perf_counter() - start))
     model.eval()
     return history

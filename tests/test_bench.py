@@ -37,6 +37,28 @@ def test_prunelab_and_torch_pruning_agree_on_channel_counts():
     assert ours(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
 
 
+def test_hidden_unit_variant_prunes_the_classifier_but_never_its_output():
+    from prunelab.models.cnn import alexnet_small
+
+    net = alexnet_small().eval()
+    example = torch.zeros(1, 1, 32, 32)
+    ours = structured.prunelab_pruned(net, example, 0.75, linear=True)
+    theirs = structured.tp_pruned(net, example, 0.75, linear=True)
+    assert structured._units(ours) == structured._units(theirs) == [64, 64, 10]  # fc6, fc7 at a quarter; fc8 whole
+    assert structured._convs(ours) == structured._convs(theirs) == [8, 16, 24, 24, 16]
+    assert structured._units(structured.prunelab_pruned(net, example, 0.75)) == [256, 256, 10]
+
+
+def test_row_4_reports_feature_maps_only_and_with_hidden_units():
+    names = ["dense", *(f"{who} {f}{fc}" for who in ("prunelab", "tp") for f in structured.FRACTIONS for fc in ("", " +fc"))]
+    lat = {n + mode: 1.0 if n == "dense" else 0.5 for n in names for mode in ("", " frozen", " cl")}
+    flop = {n: 100 if n == "dense" else 50 for n in names}
+    rows = structured._entries("net, batch 1", lat, flop, structured.FRACTIONS, common.BenchConfig())
+    cases = [r["case"] for r in rows]
+    assert "net, batch 1, 75% filters, fp32" in cases and "net, batch 1, 75% filters + hidden units, fp32" in cases
+    assert len(rows) == 3 * 2 * 3 and all(r["ratio"] == 1.0 and r["met"] for r in rows)
+
+
 def test_layer_profile_splits_flops_and_time_by_layer_kind():
     from prunelab.metrics import flops
     from prunelab.models.cnn import alexnet_small

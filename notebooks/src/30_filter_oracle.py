@@ -12,7 +12,9 @@
 # layer-wise normalisation (`normalize`: the paper's Sec. 2.3 L2 by default, or raw scores); the
 # oracle stays raw, as the paper's reference.
 # `default` transfers a small AlexNet-style net from Fashion-MNIST to scikit-learn's digits;
-# `paper` fine-tunes torchvision's ImageNet AlexNet on Flowers-102.
+# `paper` fine-tunes torchvision's ImageNet AlexNet on Flowers-102. `model` and `dataset` run the
+# same study on any torchvision classifier or your own `package.module:factory`, and any torchvision
+# data set or folder of images (`prunelab run 30_filter_oracle -p model=resnet18 -p dataset=path/to/images`).
 #
 # **Claim checked.** Taylor correlates with the oracle better than weight norm, mean activation and
 # APoZ (across layers, as the paper's Table 1).
@@ -21,10 +23,16 @@
 
 # %%
 profile = ""         # smoke | default | paper; "" reads $PRUNELAB_PROFILE, else default
-arch = None          # alexnet_small | tv_alexnet_imagenet
+arch = None          # alexnet_small | tv_alexnet_imagenet (when model is "")
 source = None        # fashion_mnist | imagenet
-target = None        # digits | flowers102
-target_limit = None  # images per Flowers-102 split; 0 keeps all
+target = None        # digits | flowers102 (when dataset is "")
+target_limit = None  # images per split of the target (or dataset); 0 keeps all
+model = None         # "" keeps arch; else a torchvision model (resnet18) or package.module:factory
+weights = None       # the torchvision model's weights (IMAGENET1K_V1, DEFAULT); "" or none for random
+dataset = None       # "" keeps target; else digits, fashion_mnist, a torchvision data set (CIFAR10) or an image folder
+test_fraction = None # share of each class held out when the data set has no test split
+augment = None       # random crops and flips on the training images (model or dataset set)
+workers = None       # DataLoader worker processes
 widths = None        # filters of conv1..conv5 (alexnet_small)
 hidden = None        # width of fc6/fc7 (alexnet_small)
 image_size = None
@@ -55,7 +63,8 @@ from prunelab.criteria import filters
 from prunelab.results import verdict
 
 P, run = runner.start("30_filter_oracle", profile=profile, run_dir=run_dir, arch=arch, source=source, target=target,
-                      target_limit=target_limit, widths=widths, hidden=hidden, image_size=image_size,
+                      target_limit=target_limit, model=model, weights=weights, dataset=dataset,
+                      test_fraction=test_fraction, augment=augment, workers=workers, widths=widths, hidden=hidden, image_size=image_size,
                       source_train=source_train, source_epochs=source_epochs, lr=lr, batch_size=batch_size,
                       transfer_epochs=transfer_epochs, transfer_lr=transfer_lr, seed=seed, criteria=criteria,
                       first_share=first_share, score_examples=score_examples, score_batch=score_batch,
@@ -65,13 +74,15 @@ print(f"profile {P.profile}; device {device}; run folder {run.path}")
 
 # %% [markdown]
 # ## The transferred model
-# Pretrained on the source once per parameter set and fine-tuned on the target (both cached).
+# Pretrained on the source once per parameter set and fine-tuned on the target (both cached); or
+# `model` (torchvision's, or your own factory) fine-tuned on `dataset`, its head replaced for its classes.
 
 # %%
 model, data, info = transfer.transferred_model(vars(P), device, progress=True)
-layers = removal.filter_layers(model, data["x_train"][:1])
+layers = removal.filter_layers(model, data.example())
 names = removal.rankable(layers)  # dependency groups, each named by its first conv; never the output layer
-summary = pd.DataFrame([dict(source_accuracy=info["source_accuracy"], target_accuracy=info["target_accuracy"],
+summary = pd.DataFrame([dict(model=info["model"], dataset=info["dataset"], classes=data.num_classes,
+                             source_accuracy=info["source_accuracy"], target_accuracy=info["target_accuracy"],
                              filters=sum(layers[n].n_filters for n in names), layers=len(names))])
 run.save_table("model", summary)
 summary
@@ -83,8 +94,8 @@ summary
 # Every criterion is normalised per layer as `normalize` says; the oracle stays raw.
 
 # %%
-xs, ys = data["x_train"][:P.score_examples], data["y_train"][:P.score_examples]
-batches = [(xs[i:i + P.score_batch], ys[i:i + P.score_batch]) for i in range(0, len(xs), P.score_batch)]
+batches = data.head(P.score_examples, P.score_batch)  # the first training images, fixed (shuffled once by seed)
+held = sum(len(y) for _, y in batches)  # score_examples, or every training image when there are fewer
 context = dict(batches=batches, layers=layers, generator=torch.Generator().manual_seed(P.seed), max_examples=P.obd_examples)
 scores = {c: filters.FILTER_CRITERIA[c](model, names, **context, normalize=P.normalize) for c in tqdm(P.criteria, desc="criteria")}
 reference = {r: filters.FILTER_CRITERIA[r](model, names, **context, normalize="none", progress=True) for r in ("oracle", "oracle_loss")}
@@ -100,7 +111,8 @@ for ax, (ref, part) in zip(axes, corr.groupby("reference")):
     grid = part.pivot(index="criterion", columns="layer", values="spearman").loc[P.criteria, [*names, "all layers"]]
     sns.heatmap(grid, annot=True, fmt=".2f", cmap="RdBu_r", vmin=-1, vmax=1, ax=ax, cbar=ax is axes[-1])
     ax.set_title(f"Spearman correlation with {ref}")
-fig.suptitle(f"{P.arch} on {P.target}: criteria vs oracle ({P.score_examples} held examples)\n{scored}")
+fig.subplots_adjust(top=0.8)  # room for the two-line title above the panels' own
+fig.suptitle(f"{info['model']} on {info['dataset']}: criteria vs oracle ({held} held examples)\n{scored}")
 run.save_figure(fig, "oracle_correlation")
 
 # %% [markdown]

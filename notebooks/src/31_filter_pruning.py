@@ -9,6 +9,9 @@
 # important, fine-tune, repeat ("comparing levels of pruning in AlexNet" on Flowers-102). Removal
 # is physical (Torch-Pruning's dependency graph: the next conv / linear lose their inputs).
 # `default`: small AlexNet-style net, Fashion-MNIST -> digits; `paper`: ImageNet AlexNet -> Flowers-102.
+# Any torchvision classifier or your own `package.module:factory` (`model`), on any torchvision data
+# set or folder of images (`dataset`), runs the same way. `prune_linear` ranks and removes the hidden
+# linear units too (same criteria, same removal; never the output layer), which the paper leaves whole.
 #
 # **Claims checked.** (1) a large share of FLOPs (>= 50%) goes with at most 1 point of target
 # accuracy lost after fine-tuning (Taylor); (2) Taylor removes deeper-layer filters first;
@@ -19,10 +22,16 @@
 
 # %%
 profile = ""         # smoke | default | paper; "" reads $PRUNELAB_PROFILE, else default
-arch = None          # alexnet_small | tv_alexnet_imagenet
+arch = None          # alexnet_small | tv_alexnet_imagenet (when model is "")
 source = None        # fashion_mnist | imagenet
-target = None        # digits | flowers102
-target_limit = None  # images per Flowers-102 split; 0 keeps all
+target = None        # digits | flowers102 (when dataset is "")
+target_limit = None  # images per split of the target (or dataset); 0 keeps all
+model = None         # "" keeps arch; else a torchvision model (resnet18) or package.module:factory
+weights = None       # the torchvision model's weights (IMAGENET1K_V1, DEFAULT); "" or none for random
+dataset = None       # "" keeps target; else digits, fashion_mnist, a torchvision data set (CIFAR10) or an image folder
+test_fraction = None # share of each class held out when the data set has no test split
+augment = None       # random crops and flips on the training images (model or dataset set)
+workers = None       # DataLoader worker processes
 widths = None        # filters of conv1..conv5 (alexnet_small)
 hidden = None        # width of fc6/fc7 (alexnet_small)
 image_size = None
@@ -44,6 +53,7 @@ score_batch = None
 latency_batch = None  # batch size of the latency measurement
 latency_repeats = None
 normalize = None     # l2 | none: layer-wise normalisation of every criterion's scores before the global ranking
+prune_linear = None  # true: hidden linear units are ranked and removed with the filters (never the output layer)
 run_dir = ""         # set by `prunelab run`
 
 # %%
@@ -58,21 +68,24 @@ from prunelab.criteria import filters
 from prunelab.results import verdict
 
 P, run = runner.start("31_filter_pruning", profile=profile, run_dir=run_dir, arch=arch, source=source, target=target,
-                      target_limit=target_limit, widths=widths, hidden=hidden, image_size=image_size,
+                      target_limit=target_limit, model=model, weights=weights, dataset=dataset,
+                      test_fraction=test_fraction, augment=augment, workers=workers, widths=widths, hidden=hidden, image_size=image_size,
                       source_train=source_train, source_epochs=source_epochs, lr=lr, batch_size=batch_size,
                       transfer_epochs=transfer_epochs, transfer_lr=transfer_lr, seed=seed, criteria=criteria,
                       filters_per_step=filters_per_step, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                       target_flops=target_flops, min_filters=min_filters, score_examples=score_examples,
                       score_batch=score_batch, latency_batch=latency_batch, latency_repeats=latency_repeats,
-                      normalize=normalize)
+                      normalize=normalize, prune_linear=prune_linear)
 device = train.pick_device()
 print(f"profile {P.profile}; device {device}; run folder {run.path}")
 model, data, info = transfer.transferred_model(vars(P), device, progress=True)
-print(f"source accuracy {info['source_accuracy']}, target accuracy {info['target_accuracy']:.4f}")
+print(f"{info['model']} on {info['dataset']} ({data.num_classes} classes): source accuracy {info['source_accuracy']}, "
+      f"target accuracy {info['target_accuracy']:.4f}")
 
 # %% [markdown]
 # ## Prune with each criterion until the FLOPs target
-# Every criterion's scores are normalised per layer as `normalize` says before the global ranking.
+# Every criterion's scores are normalised per layer as `normalize` says before the global ranking;
+# with `prune_linear`, the hidden linear layers' units are ranked with the filters.
 # Every level is cached in the run folder, so an interrupted run resumes by criterion.
 
 # %%
@@ -80,7 +93,8 @@ def prune(criterion):
     cfg = structured.PruneConfig(criterion=criterion, normalize=P.normalize, filters_per_step=P.filters_per_step, finetune_epochs=P.finetune_epochs,
                                  lr=P.finetune_lr, batch_size=P.batch_size, target_flops=P.target_flops,
                                  min_filters=P.min_filters, score_examples=P.score_examples, score_batch=P.score_batch,
-                                 latency_batch=P.latency_batch, latency_repeats=P.latency_repeats, seed=P.seed)
+                                 latency_batch=P.latency_batch, latency_repeats=P.latency_repeats, seed=P.seed,
+                                 prune_linear=P.prune_linear)
     levels, per_layer = structured.prune_iteratively(model, data, cfg, progress=True)
     return dict(levels=levels, per_layer=per_layer)
 
@@ -106,7 +120,7 @@ sns.lineplot(data=levels, x="params", y="accuracy", hue="criterion", marker="o",
 axes[0].invert_xaxis(); axes[1].invert_xaxis()
 axes[0].set_xlabel("FLOPs remaining (fraction of the unpruned net)"); axes[1].set_xlabel("parameters remaining")
 axes[0].set_ylabel("target test accuracy after fine-tuning")
-fig.suptitle(f"{P.arch} on {P.target}: pruning levels per criterion ({P.filters_per_step} filters per step)\n"
+fig.suptitle(f"{info['model']} on {info['dataset']}: pruning levels per criterion ({P.filters_per_step} filters per step)\n"
              f"{filters.describe_normalization(P.normalize)}")
 run.save_figure(fig, "accuracy_vs_flops_params")
 
@@ -131,7 +145,7 @@ run.save_figure(fig, "speedup_and_training_time")
 # ## Claims
 # Judged on this run's own numbers. "Deeper first": the mean depth (conv index / last index) of
 # the filters Taylor removes in its first quarter of levels, against the mean depth of all filters
-# of the unpruned net.
+# of the unpruned net (conv filters only: hidden linear units, when pruned, are not feature maps).
 
 # %%
 taylor = levels[levels.criterion == "taylor"] if "taylor" in P.criteria else levels[levels.criterion == P.criteria[0]]
@@ -141,9 +155,10 @@ run.record_claim("flops-within-1pt", f"A large share (>= 50%) of FLOPs goes with
                  "largest FLOP share removed with accuracy >= unpruned - 0.01, after fine-tuning", f"{kept_share:.3f}",
                  verdict(kept_share >= 0.5), detail=f"unpruned accuracy {base.accuracy:.4f}; target_flops {P.target_flops}")
 
-layer_names = list(dict.fromkeys(per_layer.layer))
+convs = per_layer[per_layer.kind == "conv"]
+layer_names = list(dict.fromkeys(convs.layer))
 depth = {n: i / max(len(layer_names) - 1, 1) for i, n in enumerate(layer_names)}
-pl = per_layer.assign(depth=per_layer.layer.map(depth))
+pl = convs.assign(depth=convs.layer.map(depth))
 start = pl[(pl.level == 0) & (pl.criterion == taylor.criterion.iloc[0])]
 all_depth = float((start.depth * start.filters).sum() / start.filters.sum())
 quarter = max(1, int(taylor["level"].max()) // 4)

@@ -3,7 +3,9 @@
 The same fraction of every conv's filters is removed (kept = floor(C * (1 - f)), Torch-Pruning's
 count): by prunelab (weight-norm plan -> `prunelab.removal.remove_filters_`, optionally with
 kept counts rounded to a multiple of ``round_to``) and by Torch-Pruning directly
-(``MetaPruner`` with L2 ``MagnitudeImportance``, linear layers left whole).  Latency is the
+(``MetaPruner`` with L2 ``MagnitudeImportance``, linear layers left whole). Each is measured twice:
+"feature maps only" (the paper's setting) and "+ hidden units" (``+fc``: the same fraction of every
+hidden linear layer's units removed too; the output layer never).  Latency is the
 median forward time, all variants interleaved round-robin in one process; each speedup is
 against the dense model in the same precision and memory format.
 """
@@ -25,6 +27,7 @@ from prunelab.models.cnn import alexnet_small
 from prunelab.removal import filter_layers, independent, remove_filters_
 
 FRACTIONS = (0.25, 0.5, 0.75)
+_HIDDEN = {"": "", " +fc": " + hidden units"}  # variant suffix -> words in the table
 
 
 def kept_filters(n: int, fraction: float, round_to: int = 1) -> int:
@@ -39,21 +42,25 @@ def kept_filters(n: int, fraction: float, round_to: int = 1) -> int:
     return max(1, min(n, kept))
 
 
-def prunelab_pruned(model: nn.Module, example: torch.Tensor, fraction: float, round_to: int = 1) -> nn.Module:
-    """A copy of ``model`` with the lowest-norm filters of every conv removed by prunelab."""
+def prunelab_pruned(model: nn.Module, example: torch.Tensor, fraction: float, round_to: int = 1,
+                    linear: bool = False) -> nn.Module:
+    """A copy of ``model`` with the lowest-norm filters of every conv (with ``linear``, and units of
+    every hidden linear layer) removed by prunelab."""
     model = copy.deepcopy(model)
-    layers = filter_layers(model, example)
+    layers = filter_layers(model, example, linear=linear)
     names = independent(layers)
     scores = weight_norm(model, names, batches=[(example, None)], layers=layers)
     plan = {n: scores[n].argsort()[: layers[n].n_filters - kept_filters(layers[n].n_filters, fraction, round_to)].tolist()
             for n in names}
-    return remove_filters_(model, {n: idx for n, idx in plan.items() if idx}, example)
+    return remove_filters_(model, {n: idx for n, idx in plan.items() if idx}, example, linear=linear)
 
 
-def tp_pruned(model: nn.Module, example: torch.Tensor, fraction: float) -> nn.Module:
-    """A copy of ``model`` pruned by Torch-Pruning's MetaPruner (convs only, L2 magnitude)."""
+def tp_pruned(model: nn.Module, example: torch.Tensor, fraction: float, linear: bool = False) -> nn.Module:
+    """A copy of ``model`` pruned by Torch-Pruning's MetaPruner (L2 magnitude; convs only, or with
+    ``linear`` the hidden linear layers too: every linear layer but the last is pruned)."""
     model = copy.deepcopy(model).eval()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears = linears[-1:] if linear else linears
     pruner = tp.pruner.MetaPruner(model, example[:1], importance=tp.importance.MagnitudeImportance(p=2),
                                   pruning_ratio=fraction, ignored_layers=linears)
     pruner.step()
@@ -119,6 +126,10 @@ def _convs(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _units(model: nn.Module) -> list[int]:
+    return [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+
+
 def _models(cfg: BenchConfig) -> dict:
     torch.manual_seed(0)
     from torchvision.models import alexnet
@@ -134,8 +145,9 @@ def _variants(model, example, cfg: BenchConfig) -> dict[str, tuple[nn.Module, st
     or ``bf16-cl`` (CUDA: bf16 weights, channels_last)."""
     out = {"dense": (model, "fp32")}
     for f in FRACTIONS:
-        out[f"prunelab {f}"] = (prunelab_pruned(model, example, f), "fp32")
-        out[f"tp {f}"] = (tp_pruned(model, example, f), "fp32")
+        for fc in ("", " +fc"):
+            out[f"prunelab {f}{fc}"] = (prunelab_pruned(model, example, f, linear=bool(fc)), "fp32")
+            out[f"tp {f}{fc}"] = (tp_pruned(model, example, f, linear=bool(fc)), "fp32")
         if cfg.cuda:
             out[f"prunelab-r8 {f}"] = (prunelab_pruned(model, example, f, round_to=8), "fp32")
     if cfg.cuda:
@@ -184,44 +196,43 @@ def _breakdown(case: str, variants, shape, batch, cfg, repeats) -> list[dict]:
     kind's share of the pruned model's time (eager fp32), from `layer_profile`."""
     x = torch.rand(batch, *shape, device=cfg.device)
     prof = {name: layer_profile(copy.deepcopy(variants[name][0]).to(cfg.device), x, repeats)
-            for name in ["dense", *(f"prunelab {f}" for f in FRACTIONS)]}
+            for name in ["dense", *(f"prunelab {f}{fc}" for f in FRACTIONS for fc in ("", " +fc"))]}
     dense, out = prof["dense"], []
-    for f in FRACTIONS:
-        pruned = prof[f"prunelab {f}"]
+    for f, fc in ((f, fc) for f in FRACTIONS for fc in ("", " +fc")):
+        pruned = prof[f"prunelab {f}{fc}"]
         total = sum(t for t, _ in pruned.values())
         speed = {k: dense[k][0] / pruned[k][0] for k in pruned if pruned[k][0] > 0}
         cut = {k: dense[k][1] / pruned[k][1] for k in pruned if pruned[k][1] > 0}
         share = ", ".join(f"{k} {pruned[k][0] / total:.0%} of the time ({speed[k]:.2f}x faster"
                           + (f" for {cut[k]:.2f}x fewer FLOPs)" if k in cut else ")") for k in ("conv", "linear", "other")
                           if k in pruned and k in speed)
-        out.append(entry("4 structured", f"{case}, {f:.0%} filters, per layer kind", "conv layers' speedup", speed["conv"],
+        out.append(entry("4 structured", f"{case}, {f:.0%} filters{_HIDDEN[fc]}, per layer kind", "conv layers' speedup", speed["conv"],
                          "", None, speed["conv"] / cut["conv"], "", None, f"ratio = speedup / conv FLOP cut; pruned model: {share}"))
     return out
 
 
 def _entries(case, lat, flop, fractions, cfg) -> list[dict]:
+    """Per fraction, feature maps only then feature maps + hidden units: eager fp32 (against
+    Torch-Pruning pruning the same layers), on the CPU TorchScript-frozen and channels_last too."""
     out = []
-    for f in fractions:
-        cut = flop["dense"] / flop[f"prunelab {f}"]
-        ours, theirs = lat["dense"] / lat[f"prunelab {f}"], lat["dense"] / lat[f"tp {f}"]
-        note = f"FLOPs cut {cut:.2f}x (Torch-Pruning {flop['dense'] / flop[f'tp {f}']:.2f}x); same channel counts: {flop[f'tp {f}'] == flop[f'prunelab {f}']}"
-        out.append(entry("4 structured", f"{case}, {f:.0%} filters, fp32", "latency speedup", ours, "Torch-Pruning MetaPruner",
+    for f, fc in ((f, fc) for f in fractions for fc in ("", " +fc")):
+        ours_name, label = f"prunelab {f}{fc}", f"{case}, {f:.0%} filters{_HIDDEN[fc]}"
+        cut = flop["dense"] / flop[ours_name]
+        ours, theirs = lat["dense"] / lat[ours_name], lat["dense"] / lat[f"tp {f}{fc}"]
+        note = (f"FLOPs cut {cut:.2f}x (Torch-Pruning {flop['dense'] / flop[f'tp {f}{fc}']:.2f}x); same channel counts: "
+                f"{flop[f'tp {f}{fc}'] == flop[ours_name]}")
+        out.append(entry("4 structured", f"{label}, fp32", "latency speedup", ours, "Torch-Pruning MetaPruner",
                          theirs, ours / cut, ">= 0.8x FLOP cut" if not cfg.cuda else "", ours / cut >= 0.8 if not cfg.cuda else None, note))
         if not cfg.cuda:
-            frozen = lat["dense frozen"] / lat[f"prunelab {f} frozen"]
-            out.append(entry("4 structured", f"{case}, {f:.0%} filters, fp32 TorchScript-frozen",
-                             "latency speedup (vs dense frozen)", frozen, "Torch-Pruning MetaPruner (eager)", theirs, frozen / cut,
-                             ">= 0.8x FLOP cut", frozen / cut >= 0.8,
-                             f"vs dense eager: {lat['dense'] / lat[f'prunelab {f} frozen']:.2f}x; FLOPs cut {cut:.2f}x"))
-            cl = lat["dense cl"] / lat[f"prunelab {f} cl"]
-            out.append(entry("4 structured", f"{case}, {f:.0%} filters, fp32 channels_last",
-                             "latency speedup (vs dense channels_last)", cl, "Torch-Pruning MetaPruner (eager)", theirs, cl / cut,
-                             ">= 0.8x FLOP cut", cl / cut >= 0.8,
-                             f"vs dense eager: {lat['dense'] / lat[f'prunelab {f} cl']:.2f}x; FLOPs cut {cut:.2f}x"))
-        if cfg.cuda:
+            for mode, words in (("frozen", "TorchScript-frozen"), ("cl", "channels_last")):
+                sped = lat[f"dense {mode}"] / lat[f"{ours_name} {mode}"]
+                out.append(entry("4 structured", f"{label}, fp32 {words}", f"latency speedup (vs dense {words})", sped,
+                                 "Torch-Pruning MetaPruner (eager)", theirs, sped / cut, ">= 0.8x FLOP cut", sped / cut >= 0.8,
+                                 f"vs dense eager: {lat['dense'] / lat[f'{ours_name} {mode}']:.2f}x; FLOPs cut {cut:.2f}x"))
+        if cfg.cuda and not fc:
             r8 = lat["dense bf16-cl"] / lat[f"prunelab-r8 {f} bf16-cl"]
             tp_cl = lat["dense bf16-cl"] / lat[f"tp {f} bf16-cl"]
-            out.append(entry("4 structured", f"{case}, {f:.0%} filters, bf16+channels_last", "latency speedup (round_to=8)",
+            out.append(entry("4 structured", f"{label}, bf16+channels_last", "latency speedup (round_to=8)",
                              r8, "Torch-Pruning MetaPruner", tp_cl, r8 / tp_cl, "> Torch-Pruning", r8 > tp_cl,
                              f"vs dense fp32: prunelab-r8 bf16-cl {lat['dense'] / lat[f'prunelab-r8 {f} bf16-cl']:.2f}x, "
                              f"Torch-Pruning fp32 {lat['dense'] / lat[f'tp {f}']:.2f}x"))
@@ -238,7 +249,9 @@ def rows(cfg: BenchConfig) -> list[dict]:
         variants = _variants(model, example, cfg)
         flop = {n: flops(m, example) for n, (m, mode) in variants.items() if mode == "fp32"}
         for batch in batches:
-            lat = _latencies(variants, shape, batch, cfg, repeats)
+            # A batch-1 pass takes milliseconds: six times the rounds cost seconds and keep one
+            # stalled round on a shared machine from moving the median.
+            lat = _latencies(variants, shape, batch, cfg, repeats if batch > 1 else 6 * repeats)
             out += _entries(f"{label}, batch {batch}", lat, flop, FRACTIONS, cfg)
             if not cfg.cuda:
                 out += _breakdown(f"{label}, batch {batch}", variants, shape, batch, cfg, repeats)

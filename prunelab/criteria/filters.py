@@ -1,7 +1,9 @@
 """Per-filter criteria for structured pruning (Molchanov et al., ICLR 2017, Sec. 2.2).
 
 Every criterion is ``fn(model, names=None, *, batches, layers=None, normalize=..., **context) -> Scores``
-with one 1-D tensor of per-filter scores per conv module name (higher is kept). ``batches`` is a
+with one 1-D tensor of per-filter scores per conv module name (higher is kept). Hidden linear
+layers are scored the same way (a unit is a feature map of one position) when ``layers`` lists them
+(`prunelab.removal.filter_layers` with ``linear=True``). ``batches`` is a
 sequence of ``(x, y)`` pairs; ``names`` defaults to the leaders of the prunable dependency groups
 (`prunelab.removal.rankable`). A name scores its whole group: the criterion is computed on every
 member conv (a residual-coupled stage, a conv and the depthwise conv and gate that share its
@@ -86,7 +88,8 @@ def _per_group(layers, names, per_member: dict[str, Tensor], normalize: str) -> 
 
 
 def _feature_maps(model: nn.Module, layers, members, batches: Batches, grad: bool, loss_fn=None):
-    """Yield ``{member: (activation, gradient or None)}`` per batch; activations ``(B, C, H, W)``.
+    """Yield ``{member: (activation, gradient or None)}`` per batch; activations ``(B, C, H, W)``
+    (``(B, units)`` for a hidden linear layer).
 
     The hook keeps the point's output and returns a copy for the rest of the forward pass, so the
     kept tensor is the feature map itself whatever in-place op follows (and the gradient is taken
@@ -112,6 +115,15 @@ def _feature_maps(model: nn.Module, layers, members, batches: Batches, grad: boo
             for h in handles:
                 h.remove()
         yield {m: (acts[m].detach(), g) for m, g in zip(members, grads)}
+
+
+def per_unit(t: Tensor) -> Tensor:
+    """``(B, C, ...)`` -> ``(B, C)``: the mean over a feature map's positions (a linear unit has one).
+
+    >>> per_unit(torch.ones(2, 3, 4, 4)).shape, per_unit(torch.ones(2, 3)).shape
+    (torch.Size([2, 3]), torch.Size([2, 3]))
+    """
+    return t.mean(dim=tuple(range(2, t.ndim))) if t.ndim > 2 else t
 
 
 def _average(model, layers, names, batches, per_example: Callable, grad: bool, loss_fn=None) -> dict[str, Tensor]:
@@ -145,7 +157,7 @@ def taylor(model: nn.Module, names: Iterable[str] | None = None, *, batches: Bat
     1.0
     """
     layers, names = _setup(model, names, batches, layers, normalize)
-    per_member = _average(model, layers, names, batches, lambda a, g: (a * g).mean(dim=(2, 3)).abs(), True, loss_fn)
+    per_member = _average(model, layers, names, batches, lambda a, g: per_unit(a * g).abs(), True, loss_fn)
     return _per_group(layers, names, per_member, normalize)
 
 
@@ -160,7 +172,7 @@ def mean_activation(model: nn.Module, names: Iterable[str] | None = None, *, bat
     torch.Size([64])
     """
     layers, names = _setup(model, names, batches, layers, normalize)
-    per_member = _average(model, layers, names, batches, lambda a, _g: a.clamp(min=0).mean(dim=(2, 3)), False)
+    per_member = _average(model, layers, names, batches, lambda a, _g: per_unit(a.clamp(min=0)), False)
     return _per_group(layers, names, per_member, normalize)
 
 
@@ -177,7 +189,7 @@ def apoz(model: nn.Module, names: Iterable[str] | None = None, *, batches: Batch
     True
     """
     layers, names = _setup(model, names, batches, layers, normalize)
-    per_member = _average(model, layers, names, batches, lambda a, _g: 1.0 - (a <= 0).float().mean(dim=(2, 3)), False)
+    per_member = _average(model, layers, names, batches, lambda a, _g: 1.0 - per_unit((a <= 0).float()), False)
     return _per_group(layers, names, per_member, normalize)
 
 
@@ -235,7 +247,7 @@ def obd(model: nn.Module, names: Iterable[str] | None = None, *, batches: Batche
                 for f, g in zip(fisher, grads):
                     f += g.detach() ** 2
                 count += 1
-    per_member = {m: torch.zeros(model.get_submodule(m).out_channels, device=fisher[0].device) for m in members}
+    per_member = {m: torch.zeros(layers[m].n_filters, device=fisher[0].device) for m in members}
     for (m, p), f in zip(params, fisher):
         per_member[m] += 0.5 * (f / count * p.detach() ** 2).flatten(1).sum(1) if p.ndim > 1 else 0.5 * f / count * p.detach() ** 2
     return _per_group(layers, names, per_member, normalize)

@@ -1,9 +1,12 @@
 """Convolutional networks for filter pruning: AlexNet-, VGG- and ResNet-style nets for small
-images, torchvision's models, and a dry-run check of the input size a model takes."""
+images, torchvision's models, and a dry-run check of the input size a model takes. Any other
+model (a torchvision name, your own factory) and its classifier head: `prunelab.models.zoo`."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from prunelab.models.zoo import head_name, replace_head_  # noqa: F401  (the head of any model: see zoo)
 
 
 def alexnet_small(num_classes: int = 10, in_channels: int = 1, image_size: int = 32,
@@ -132,30 +135,6 @@ def torchvision_model(name: str, num_classes: int, weights: str | None = None) -
         return build(weights=None, num_classes=num_classes)
     model = build(weights=getattr(torchvision.models, builders[name]).IMAGENET1K_V1)
     replace_head_(model, num_classes)
-    return model
-
-
-def head_name(model: nn.Module) -> str:
-    """Name of the last ``nn.Linear`` (the classifier head)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear head")
-    return names[-1]
-
-
-def replace_head_(model: nn.Module, num_classes: int, generator: torch.Generator | None = None) -> nn.Module:
-    """Replace the last linear layer by a freshly initialised one with ``num_classes`` outputs (transfer)."""
-    name = head_name(model)
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, attr)
-    new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
-    if generator is not None:
-        with torch.no_grad():
-            bound = 1 / old.in_features ** 0.5
-            new.weight.copy_(torch.rand(new.weight.shape, generator=generator) * 2 * bound - bound)
-            new.bias.copy_(torch.rand(new.bias.shape, generator=generator) * 2 * bound - bound)
-    setattr(parent, attr, new)
     return model
 
 

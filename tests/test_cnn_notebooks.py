@@ -67,7 +67,7 @@ def test_30_filter_oracle_smoke(runs):
     assert {"taylor", "weight_norm", "activation", "apoz", "random", "obd"} <= set(corr.criterion)
     # Recompute the weight-norm rows from the cached model against a hand-made oracle.
     model, data, _ = transfer.transferred_model(params, train.pick_device())
-    xs, ys = data["x_train"][:params["score_examples"]], data["y_train"][:params["score_examples"]]
+    xs, ys = (t[:params["score_examples"]] for t in data.score.tensors)  # the images every criterion scored
     signed = hand_oracle(model, xs, ys, params["score_batch"])
     # Θ_MW (Molchanov et al.): the mean of the filter's squared weights, each layer's vector L2-normalised
     # (Sec. 2.3) when the notebook compares criteria across layers, as its `normalize` parameter says.

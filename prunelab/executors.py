@@ -57,13 +57,13 @@ def check_shards(n: int) -> int:
 
 
 def run_shard(notebook: str, profile: str, overrides: dict[str, Any], index: int, n: int,
-              fresh: bool = False, gpu: int | None = None, grace_s: float = 120.0, poll_s: float = 1.0) -> dict:
+              fresh: bool = False, gpu: int | None = None, grace_s: float = 20.0, poll_s: float = 1.0) -> dict:
     """Run shard ``index`` of ``n`` of ``notebook`` until it has computed every point it can reach.
 
     Each execution stops at the first use of another shard's point; the job then waits for the
     points it was handed placeholders for and executes the notebook again.  It gives up on a
-    point whose owner is not running (never started within ``grace_s``, or ended without it):
-    the gather run computes those.  Runs in a worker process or a Slurm job; ``gpu`` pins it to
+    point whose owner is not running (not started within ``grace_s``, e.g. still queued on a
+    full cluster, or ended without it): a later array or the gather run computes those.  Runs in a worker process or a Slurm job; ``gpu`` pins it to
     one GPU (``CUDA_VISIBLE_DEVICES``).
 
     Returns:

@@ -319,3 +319,16 @@ def test_package_fingerprint_covers_what_the_notebook_imports():
     assert pkg / "removal.py" in via_criteria  # transitively, through criteria.filters
     tour = set(runner.producing_files("00_tour")["package"])
     assert pkg / "cli.py" not in tour and pkg / "results.py" in tour
+
+
+def test_committed_default_figures_are_current():
+    """Every figure in figures/default/ was made by the code as it is now (its notebook source,
+    profile files and the package modules it imports): regenerate them with
+    `prunelab run --profile default` after changing any of these."""
+    checked, stale_lines = publish.stale("default")
+    assert checked > 0
+    assert stale_lines == [], "\n".join(stale_lines[:10])
+    manifest = publish.read_manifest(results.project_root() / "figures" / "default")
+    assert not any("dirty" in entry.get("commit", "") for entry in manifest.values())
+    pages = {entry["notebook"] for entry in manifest.values()}
+    assert {p.stem for p in (results.project_root() / "figures" / "default" / "notebooks").glob("*.html")} == pages

@@ -167,8 +167,9 @@ def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, fo
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
     if n == 1 or not shardable(notebook):
         return runner.run_notebook(notebook, profile, overrides, force=force, progress=progress, fresh=fresh)
-    if results.Run(path, notebook, params).complete and not (force or fresh):
-        return results.Run(path, notebook, params), False
+    run = results.Run(path, notebook, params)
+    if run.complete and not (force or fresh):
+        return run, False
     if fresh:
         shutil.rmtree(path / "cache", ignore_errors=True)
     gpus = _local_gpus()

@@ -20,7 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+# "within noise": the run decided that the difference the claim is about is not beyond noise
+# (a paired bootstrap or seed spread says so); "inconclusive": the run cannot judge it at all.
+VERDICTS = ("reproduced", "not reproduced", "within noise", "inconclusive")
 # `overrides`: "key=value" pairs (JSON values, space-separated) where the run's parameters differ from its
 # profile's; empty for a profile's own run. Ledgers written before the column existed read as "".
 CLAIM_COLUMNS = ["notebook", "params_hash", "profile", "overrides", "id", "statement", "metric", "value", "verdict",
@@ -287,6 +289,18 @@ def open_run(notebook: str, params: dict[str, Any], run_dir: str | Path | None =
 def verdict(holds: bool | None) -> str:
     """``reproduced`` if a claim's test holds, ``not reproduced`` if not, ``inconclusive`` for None."""
     return "inconclusive" if holds is None else ("reproduced" if holds else "not reproduced")
+
+
+def significance_verdict(holds: bool, beyond_noise: bool) -> str:
+    """Verdict of a claim judged against noise: ``reproduced`` / ``not reproduced`` only when
+    the test (``holds`` or its opposite) is beyond noise, else ``within noise``.
+
+    >>> significance_verdict(True, beyond_noise=False)
+    'within noise'
+    """
+    if not beyond_noise:
+        return "within noise"
+    return "reproduced" if holds else "not reproduced"
 
 
 def checkpoint_path(kind: str, params: dict[str, Any]) -> Path:

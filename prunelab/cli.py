@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from prunelab import publish, results, runner
+from prunelab.params import parse_cli_value
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -15,7 +16,7 @@ def _overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"-p {pair!r} is not key=value")
-        out[key] = runner.parse_value(value)
+        out[key] = parse_cli_value(value)
     return out
 
 

@@ -130,11 +130,6 @@ def declared_types(notebook: str) -> dict[str, str]:
     return {**base, **table.get("types", {})}
 
 
-def parse_value(text: str) -> Any:
-    """``-p key=value`` values: JSON (numbers, true/false, lists, quoted strings), else a bare string."""
-    return params_mod.parse_cli_value(text)
-
-
 def resolve(notebook: str, profile: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Full parameters of ``notebook``: the profile's, with ``overrides`` (None values ignored), all checked.
 

@@ -7,7 +7,7 @@ import pytest
 from prunelab import nmt, results, runner
 from nmt_helpers import multi30k_root
 
-STEMS = ("10_nmt_baseline", "11_nmt_schemes", "12_nmt_retrain")
+STEMS = ("10_nmt_baseline", "11_nmt_schemes", "12_nmt_retrain", "13_nmt_model_size")
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,17 @@ def test_profiles_share_the_nmt_parameters_and_baseline():
     assert tuple(common) == nmt.PARAMS
     for profile in runner.PROFILES:
         keys = {stem: nmt.baseline_key(runner.resolve(stem, profile)) for stem in STEMS}
-        assert keys["10_nmt_baseline"] == keys["11_nmt_schemes"] == keys["12_nmt_retrain"]
+        assert all(key == keys["10_nmt_baseline"] for key in keys.values())
     assert runner.resolve("10_nmt_baseline", "paper")["device"] == "auto"
 
 
 def test_notebooks_run_at_smoke_and_share_one_checkpoint(smoke_runs):
     runs, checkpoints = smoke_runs
     assert all(executed and run.complete for run, executed in runs.values())
-    assert len(checkpoints) == 1  # notebook 10 trained it, 11 and 12 loaded it
+    # notebook 10 trained the profile's baseline, 11-13 loaded it; 13 trained one per other width
+    widths = runs["13_nmt_model_size"][0].params["widths"]
+    own = runner.resolve("10_nmt_baseline", "smoke")["hidden"]
+    assert len(checkpoints) == 1 + len(set(widths) - {own})
 
 
 def test_baseline_tables(smoke_runs):
@@ -76,3 +79,29 @@ def test_retrain_tables(smoke_runs):
     assert (ppl.loc[0.8, "prune+retrain"] < ppl.loc[0.8, "pruned"])  # retraining recovers perplexity
     claims = pd.read_csv(run.path / "claims.csv")
     assert set(claims.id) == {"nmt-retrain-80", "nmt-retrain-beats-scratch"}
+
+
+def test_model_size_tables_and_free_sparsity(smoke_runs):
+    run = smoke_runs[0]["13_nmt_model_size"][0]
+    sweep = run.load_table("sweep")
+    widths, sparsities = run.params["widths"], run.params["sparsities"]
+    assert len(sweep) == len(widths) * (1 + len(sparsities))
+    assert sweep.groupby("width").parameters.nunique().eq(1).all()
+    assert sweep.groupby("width").parameters.first().is_monotonic_increasing
+    pruned = sweep[sweep.sparsity > 0]
+    dense = sweep[sweep.sparsity == 0].set_index("width").test_bleu
+    assert (pruned.bleu_loss - (pruned.width.map(dense) - pruned.test_bleu)).abs().max() < 1e-6
+    assert (pruned.loss_ci_low <= pruned.loss_ci_high + 1e-9).all() and pruned.p_value.between(0, 1).all()
+    free = run.load_table("free_sparsity").set_index("width")
+    for width, group in pruned.groupby("width"):  # the largest sparsity before the first loss > free_loss
+        expected = 0.0
+        for s, loss in group.sort_values("sparsity")[["sparsity", "bleu_loss"]].itertuples(index=False):
+            if loss > run.params["free_loss"]:
+                break
+            expected = s
+        assert free.loc[width, "free_sparsity"] == expected
+    claims = pd.read_csv(run.path / "claims.csv").set_index("id")
+    assert set(claims.index) == {"nmt-free-sparsity-vs-size", "nmt-blind-40-free-by-size"}
+    judged = free[free.dense_bleu >= run.params["claims_min_bleu"]]
+    assert (claims.verdict == "inconclusive").all() == (len(judged) < 2)
+    assert (run.path / "figures" / "free_sparsity_vs_size.png").is_file()

@@ -7,6 +7,7 @@ any scheme of `prunelab.masks`; SNIP's prune-at-init-then-train run; per-class p
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import Any
 
@@ -18,10 +19,12 @@ from prunelab import nmt
 from prunelab.criteria import magnitude, random_scores
 from prunelab.criteria.second_order import Saliency, obd_saliency
 from prunelab.masks import Masks, masks_from_scores
+from prunelab.nmt.evaluate import sentence_nll
 from prunelab.sparse_init import prune_at_init_
 
 METHODS = ("magnitude", "random", "obd", "snip")
 AT_INIT = ("snip",)  # methods that prune before training
+OUTPUTS = ("hyps", "nll", "tokens")  # what `evaluate(..., outputs=True)` adds to a point's scores
 
 
 def check_methods(methods) -> list[str]:
@@ -107,10 +110,15 @@ def snip_run(params: Any, corpus, *, sparsity: float, init: str, seed: int, batc
     return model, masks, saliency, history
 
 
-def evaluate(model: nn.Module, corpus, beam: int, alpha: float = 1.0, split: str = "test") -> dict[str, float]:
-    """Test BLEU (sacrebleu, beam search) and perplexity of ``model``."""
-    return dict(bleu=nmt.bleu(model, corpus, split, beam=beam, alpha=alpha).score,
-                ppl=nmt.perplexity(model, corpus[split]))
+def evaluate(model: nn.Module, corpus, beam: int, alpha: float = 1.0, split: str = "test",
+             outputs: bool = False) -> dict[str, Any]:
+    """Test BLEU (sacrebleu, beam search) and perplexity of ``model``; with ``outputs`` also its
+    hypotheses and per-sentence NLL and token counts (``hyps``, ``nll``, ``tokens``), which the
+    paired tests of `prunelab.nmt.evaluate.paired_test` need."""
+    result = nmt.bleu(model, corpus, split, beam=beam, alpha=alpha)
+    nll, tokens = sentence_nll(model, corpus[split])
+    out = dict(bleu=result.score, ppl=math.exp(sum(nll) / sum(tokens)))
+    return {**out, "hyps": result.hypotheses, "nll": nll, "tokens": tokens} if outputs else out
 
 
 def class_pruning(masks: Masks, classes: dict[str, list[str]]) -> pd.DataFrame:

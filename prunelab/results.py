@@ -303,6 +303,23 @@ def significance_verdict(holds: bool, beyond_noise: bool) -> str:
     return "reproduced" if holds else "not reproduced"
 
 
+def ordering_verdict(outcomes: dict[Any, str]) -> str:
+    """Verdict of an order claimed at several points (sparsities), each point's outcome judged
+    against noise: ``holds``, ``fails`` or ``within noise``.  ``not reproduced`` where it fails
+    beyond noise anywhere; ``reproduced`` where it fails nowhere and holds beyond noise at half
+    of the points or more; else ``within noise``; ``inconclusive`` without points.
+
+    >>> ordering_verdict({0.5: "holds", 0.7: "within noise", 0.9: "holds"})
+    'reproduced'
+    """
+    if not outcomes:
+        return "inconclusive"
+    values = list(outcomes.values())
+    if "fails" in values:
+        return "not reproduced"
+    return "reproduced" if 2 * values.count("holds") >= len(values) else "within noise"
+
+
 def checkpoint_path(kind: str, params: dict[str, Any]) -> Path:
     """Where the checkpoint of model ``kind`` trained with ``params`` is cached (shared by notebooks)."""
     return runs_root() / "checkpoints" / f"{kind}-{params_hash(kind, params)}.pt"

@@ -68,6 +68,52 @@ def test_schemes_tables(smoke_runs):
     claims = pd.read_csv(run.path / "claims.csv")
     assert set(claims.id) == {"nmt-scheme-order", "nmt-magnitude-beats-random", "nmt-blind-40-free", "nmt-class-importance"}
     assert set(claims.verdict) == {"inconclusive"}  # the smoke baseline cannot decide
+    # The paired tests behind claims 1-3, recomputed from the run's own table and sweep.
+    tests = run.load_table("paired_tests")
+    alpha, floor = run.params["significance"], run.params["bleu_floor"]
+    bleu = sweep.set_index(["scheme", "sparsity"]).test_bleu
+    for t in tests.itertuples():
+        b_sparsity = 0.0 if t.b == "dense" else t.sparsity
+        b_bleu = sweep.test_bleu[sweep.sparsity == 0].iloc[0] if t.b == "dense" else bleu[t.b, b_sparsity]
+        assert t.metric == ("bleu" if min(bleu[t.a, t.sparsity], b_bleu) >= floor else "ppl"), t
+        assert t.ci_lo <= t.delta <= t.ci_hi and 0 < t.p_value <= 1
+        ahead = t.delta > 0 if t.metric == "bleu" else t.delta < 0
+        assert t.outcome == ("within noise" if not (t.p_value < alpha and t.delta != 0) else "holds" if ahead else "fails")
+    order = tests[tests.claim == "nmt-scheme-order"]
+    assert len(order) == 2 * (len(run.params["sparsities"]) - 1)  # two steps of the order per sparsity > 0
+    assert len(tests[tests.claim == "nmt-blind-40-free"]) == 1
+
+
+def test_order_and_significance_verdict_rules():
+    # Claims 1-2 of notebook 11: fails beyond noise anywhere -> not reproduced; holds at half or more -> reproduced.
+    assert results.ordering_verdict({0.4: "holds", 0.5: "fails", 0.6: "holds"}) == "not reproduced"
+    assert results.ordering_verdict({0.4: "holds", 0.5: "within noise"}) == "reproduced"
+    assert results.ordering_verdict({0.4: "holds", 0.5: "within noise", 0.6: "within noise"}) == "within noise"
+    assert results.ordering_verdict({}) == "inconclusive"
+    # The direction of a paired comparison: BLEU higher is better, perplexity lower.
+    from prunelab.nmt.evaluate import better, paired_perplexity
+    assert better(dict(metric="bleu", delta=1.0, p_value=0.01)) == "a"
+    assert better(dict(metric="ppl", delta=1.0, p_value=0.01)) == "b"
+    assert better(dict(metric="bleu", delta=1.0, p_value=0.2)) is None
+    same = paired_perplexity([1.0, 2.0, 3.0] * 20, [1.0, 2.0, 3.0] * 20, [2] * 60)
+    assert same.delta == 0 and same.better() is None
+    lower = paired_perplexity([0.5, 1.0, 1.5] * 20, [1.0, 2.0, 3.0] * 20, [2] * 60)
+    assert lower.better() == "a" and lower.ci[1] < 0
+
+
+def test_sentence_nll_sums_to_perplexity(smoke_runs, monkeypatch):
+    import math
+
+    from prunelab.nmt.evaluate import sentence_nll
+
+    runs, checkpoints = smoke_runs
+    monkeypatch.setenv("PRUNELAB_RUNS", str(checkpoints[0].parent.parent))  # the cached smoke baseline
+    monkeypatch.setenv("PRUNELAB_MULTI30K", str(multi30k_root()))
+    params = runs["11_nmt_schemes"][0].params
+    base = nmt.baseline(params, progress=False)
+    nll, tokens = sentence_nll(base.model, base.corpus["test"])
+    assert len(nll) == len(tokens) == len(base.corpus["test"]) and min(tokens) >= 1
+    assert math.exp(sum(nll) / sum(tokens)) == pytest.approx(nmt.perplexity(base.model, base.corpus["test"]), rel=1e-5)
 
 
 def test_retrain_tables(smoke_runs):

@@ -69,15 +69,30 @@ def test_20_obd_snip_smoke(tmp_path, monkeypatch):
     claims = pd.read_csv(run.path / "claims.csv", dtype=str).set_index("id")
     assert set(claims.index) == {"snip-best-at-extreme-sparsity", "obd-snip-prune-embeddings-more"}
     dense = run.memo("dense", {}, lambda: pytest.fail("the dense baseline's scores were not cached"))
-    margins, spreads = [], []
-    for _, part in table[table.sparsity.isin(sorted(set(table.sparsity))[-2:])].groupby("sparsity"):
-        bleu = dict(zip(part.method, part.bleu))
-        margins.append(bleu.pop("snip") - max(bleu.values()))
-        spreads.append(max(part.bleu) - min(part.bleu))
-    claim = claims.loc["snip-best-at-extreme-sparsity"]
-    assert float(claim.value) == pytest.approx(min(margins), abs=0.006)
-    weak = max(spreads) < 0.1 or dense["bleu"] < params["claims_min_bleu"]
-    assert claim.verdict == ("inconclusive" if weak else "reproduced" if min(margins) > 0 else "not reproduced")
+    # Claim 1: SNIP against every other method at the two highest sparsities, by BLEU where both reach the
+    # floor, else by perplexity; holds at a sparsity when it beats all beyond noise, fails when any beats it.
+    tests = run.load_table("paired_tests")
+    extreme = sorted(params["sparsities"])[-2:]
+    assert sorted(set(tests.sparsity)) == extreme and set(tests.a) == {"snip"}
+    assert len(tests) == 2 * (len(params["methods"]) - 1)
+    bleu = table.set_index(["method", "sparsity"]).bleu
+    outcomes = {}
+    for s, part in tests.groupby("sparsity"):
+        steps = []
+        for t in part.itertuples():
+            both = min(bleu["snip", s], bleu[t.b, s]) >= params["bleu_floor"]
+            assert t.metric == ("bleu" if both else "ppl"), t
+            assert t.score_b == pytest.approx(bleu[t.b, s] if both else table.set_index(["method", "sparsity"]).ppl[t.b, s],
+                                              rel=1e-4)
+            ahead = t.delta > 0 if both else t.delta < 0
+            steps.append("within noise" if not (t.p_value < params["significance"] and t.delta != 0)
+                         else "holds" if ahead else "fails")
+            assert t.outcome == steps[-1]
+        outcomes[s] = "fails" if "fails" in steps else "holds" if set(steps) == {"holds"} else "within noise"
+    expected = ("inconclusive" if dense["bleu"] < params["claims_min_bleu"] else "not reproduced"
+                if "fails" in outcomes.values() else "reproduced" if 2 * list(outcomes.values()).count("holds") >= 2
+                else "within noise")
+    assert claims.loc["snip-best-at-extreme-sparsity"].verdict == expected
     emb = per_class[per_class.weight_class.str.endswith("embedding")]
     share = {key: 100 * part.pruned.sum() / part.numel.sum() for key, part in emb.groupby(["method", "sparsity"])}
     gap = min(share[m, s] - share["magnitude", s] for m in ("obd", "snip") for s in params["class_sparsities"])
@@ -126,5 +141,30 @@ def test_21_snip_ablations_smoke(tmp_path, monkeypatch, torch_threads):
         assert row.overlap_with_most == pytest.approx(both / either, abs=1e-6), row
         differ += both < either
     assert differ >= len(params["data_seeds"])  # one batch gives other masks than the most data does
-    claims = pd.read_csv(run.path / "claims.csv")
-    assert set(claims.id) == {"snip-init-matters", "snip-variance-scaled-best", "snip-1-20-of-data-enough"}
+    claims = pd.read_csv(run.path / "claims.csv").set_index("id")
+    assert set(claims.index) == {"snip-init-matters", "snip-variance-scaled-best", "snip-1-20-of-data-enough"}
+    # The verdicts, recomputed from the tables: BLEU where the SNIP models reach claims_min_bleu, else test
+    # perplexity (lower is better); "holds" only where a difference exceeds the seed range (max - min).
+    dense = run.memo("dense", {}, lambda: pytest.fail("the dense baseline's scores were not cached"))
+    on_bleu = by_init.groupby("init").bleu.mean().max() >= params["claims_min_bleu"]
+    metric, sign = ("bleu", 1) if on_bleu else ("ppl", -1)
+    assert ("judged on test BLEU" if on_bleu else "judged on test perplexity") in claims.loc["snip-init-matters", "detail"]
+    stats = by_init.groupby("init")[metric].agg(["mean", "min", "max"])
+    rng = stats["max"] - stats["min"]
+    if dense["bleu"] < params["claims_min_bleu"]:
+        assert set(claims.verdict) == {"inconclusive"}
+    else:
+        best, worst = (sign * stats["mean"]).idxmax(), (sign * stats["mean"]).idxmin()
+        beyond = abs(stats["mean"][best] - stats["mean"][worst]) > max(rng[best], rng[worst])
+        assert claims.loc["snip-init-matters", "verdict"] == ("reproduced" if beyond else "within noise")
+        top = (sign * stats["mean"].drop("uniform")).idxmax()
+        lead = sign * (stats["mean"][top] - stats["mean"]["uniform"])
+        expected = ("within noise" if abs(lead) <= max(rng[top], rng["uniform"]) else
+                    "reproduced" if lead > 0 else "not reproduced")
+        assert claims.loc["snip-variance-scaled-best", "verdict"] == expected
+        part = by_data[by_data.batch_size == params["data_batch_sizes"][0]]
+        a = part[part.fraction == params["claim_fraction"]][metric]
+        z = part[part.fraction == part.fraction.max()][metric]
+        gap, noise = sign * (a.mean() - z.mean()), max(a.max() - a.min(), z.max() - z.min())
+        assert claims.loc["snip-1-20-of-data-enough", "verdict"] == ("reproduced" if gap >= -noise else "not reproduced")
+    assert f"largest fraction tried, {max(params['data_fractions'])}" in claims.loc["snip-1-20-of-data-enough", "metric"]

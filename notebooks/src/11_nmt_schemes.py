@@ -14,8 +14,9 @@
 # **Claims checked.** (1) class-blind >= class-uniform >= class-distribution across sparsities;
 # (2) every magnitude scheme beats random pruning; (3) 40% class-blind pruning costs <= 0.5 BLEU;
 # (4) pruning the softmax, attention or top layers hurts perplexity more than pruning the
-# embeddings (mean perplexity change over the fractions of one class pruned alone). Verdicts are computed from this run's numbers and are `inconclusive` when the
-# baseline is too weak to decide (e.g. at `smoke`).
+# embeddings (mean perplexity change over the fractions of one class pruned alone). Verdicts are computed from this run's
+# numbers, every comparison judged against noise by a paired bootstrap over the test (claim 4: validation) sentences:
+# `within noise` where the test cannot tell, `inconclusive` when the baseline is too weak to decide (e.g. at `smoke`).
 
 # %%
 profile = ""  # smoke | default | paper; "" reads $PRUNELAB_PROFILE, else default
@@ -59,13 +60,17 @@ sweep_beam = None          # beam width of the BLEU in the sweep, dense row incl
 class_fractions = None     # fractions of one class pruned alone
 class_report_sparsity = None  # sparsity of the "% pruned per class" comparison (See et al.: 90%)
 heatmap_sparsity = None    # class-blind sparsity of the mask heatmaps
-bleu_tolerance = None      # BLEU differences below this count as ties in claim 1
-bleu_floor = None          # sparsities where every scheme compared is below this BLEU cannot rank them
+significance = None        # a paired difference is beyond noise where its bootstrap p-value is below this
+bootstrap_samples = None   # resamples of the test sentences in every paired bootstrap
+bleu_floor = None          # two systems are compared by BLEU when both reach this, else by test perplexity
 claims_min_bleu = None     # below this baseline BLEU the claims are inconclusive
 run_dir = ""               # set by `prunelab run`; "" derives the run folder from the parameters
 
 # %%
+import math
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -73,10 +78,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from prunelab import masks, nmt, runner
-from prunelab.results import verdict
+from prunelab.nmt.evaluate import better, paired_test, resampled_perplexities, sentence_nll
+from prunelab.results import ordering_verdict, significance_verdict
 
 OWN = ("schemes", "sparsities", "sweep_beam", "class_fractions", "class_report_sparsity", "heatmap_sparsity",
-       "bleu_tolerance", "bleu_floor", "claims_min_bleu")
+       "significance", "bootstrap_samples", "bleu_floor", "claims_min_bleu")
 P, run = runner.start("11_nmt_schemes", profile=profile, run_dir=run_dir,
                       **{name: globals()[name] for name in (*nmt.PARAMS, *OWN)})
 if P.threads:
@@ -88,7 +94,8 @@ print(f"profile {P.profile}; run folder {run.path}; baseline {len(base.history) 
 # %% [markdown]
 # ## Scheme sweep: test BLEU and perplexity vs sparsity
 # Each point prunes a fresh copy of the baseline by weight magnitude; random pruning uses a
-# seeded generator. Points are cached in the run folder, so an interrupted run resumes.
+# seeded generator. Points are cached in the run folder, so an interrupted run resumes; each keeps
+# its test translations and per-sentence log-likelihoods for the paired significance tests of the claims.
 
 # %%
 def sweep_point(scheme, sparsity):
@@ -97,16 +104,19 @@ def sweep_point(scheme, sparsity):
     masks.apply_masks_(model, m)
     pruned = sum(int((~v).sum()) for v in m.values())
     total = sum(v.numel() for v in m.values())
-    return dict(scheme=scheme, sparsity=sparsity, achieved=pruned / total,
-                test_ppl=nmt.perplexity(model, base.corpus["test"]),
-                test_bleu=nmt.bleu(model, base.corpus, "test", beam=P.sweep_beam, alpha=P.alpha).score)
+    nll, tokens = sentence_nll(model, base.corpus["test"])
+    bleu = nmt.bleu(model, base.corpus, "test", beam=P.sweep_beam, alpha=P.alpha)
+    return dict(scheme=scheme, sparsity=sparsity, achieved=pruned / total, test_ppl=math.exp(sum(nll) / sum(tokens)),
+                test_bleu=bleu.score, hyps=bleu.hypotheses, nll=nll, tokens=tokens)
 
-dense = run.memo("sweep", dict(scheme="dense", sparsity=0.0), lambda: sweep_point("class-blind", 0.0))
-rows = []
+dense = run.memo("system", dict(scheme="dense", sparsity=0.0), lambda: sweep_point("class-blind", 0.0))
+systems = {("dense", 0.0): dense}
 for scheme, s in tqdm([(a, b) for a in P.schemes for b in P.sparsities], desc="scheme sweep"):
-    row = dense if s == 0 else run.memo("sweep", dict(scheme=scheme, sparsity=s), lambda: sweep_point(scheme, s))
-    rows.append({**row, "scheme": scheme})
-sweep = pd.DataFrame(rows)
+    systems[scheme, s] = dense if s == 0 else run.memo("system", dict(scheme=scheme, sparsity=s),
+                                                       lambda: sweep_point(scheme, s))
+OUTPUTS = ("hyps", "nll", "tokens")
+sweep = pd.DataFrame([{**{k: v for k, v in row.items() if k not in OUTPUTS}, "scheme": scheme}
+                      for (scheme, s), row in systems.items() if scheme != "dense"])
 run.save_table("sweep", sweep)
 sweep.pivot(index="sparsity", columns="scheme", values="test_bleu").round(2)
 
@@ -159,11 +169,13 @@ per_class.pivot(index="class", columns="scheme", values="pruned_pct").round(1)
 # ## Pruning one class alone
 # The smallest-magnitude fraction f of one class is removed, everything else kept; the change in
 # validation perplexity shows how much the class matters, and the largest magnitude removed shows
-# how large the deleted weights were (See et al., figures 5-6).
+# how large the deleted weights were (See et al., figures 5-6). Per-sentence log-likelihoods are
+# kept for claim 4's bootstrap.
 
 # %%
 params = dict(base.model.named_parameters())
-base_val_ppl = nmt.perplexity(base.model, base.corpus["val"])
+base_nll, val_tokens = sentence_nll(base.model, base.corpus["val"])
+base_val_ppl = math.exp(sum(base_nll) / sum(val_tokens))
 
 def class_point(cls, fraction):
     model = base.fresh_copy()
@@ -172,12 +184,13 @@ def class_point(cls, fraction):
     removed = [params[n].detach().abs().cpu()[~m[n]] for n in names]
     largest = float(torch.cat(removed).max()) if sum(r.numel() for r in removed) else 0.0
     masks.apply_masks_(model, m)
-    return dict(cls=cls, fraction=fraction, largest_removed=largest,
-                val_ppl=nmt.perplexity(model, base.corpus["val"]))
+    nll, _ = sentence_nll(model, base.corpus["val"])
+    return dict(cls=cls, fraction=fraction, largest_removed=largest, val_ppl=math.exp(sum(nll) / sum(val_tokens)), nll=nll)
 
 grid = [(c, f) for c in classes for f in P.class_fractions]
-alone = pd.DataFrame([run.memo("alone", dict(cls=c, fraction=f), lambda: class_point(c, f))
-                      for c, f in tqdm(grid, desc="classes alone")]).rename(columns={"cls": "class"})
+alone_points = {(c, f): run.memo("class_alone", dict(cls=c, fraction=f), lambda: class_point(c, f))
+                for c, f in tqdm(grid, desc="classes alone")}
+alone = pd.DataFrame([{k: v for k, v in p.items() if k != "nll"} for p in alone_points.values()]).rename(columns={"cls": "class"})
 alone["ppl_change"] = alone.val_ppl - base_val_ppl
 run.save_table("class_alone", alone)
 alone.pivot(index="class", columns="fraction", values="ppl_change").round(2)
@@ -231,59 +244,103 @@ gates.pivot(index="matrix", columns="gate", values="kept").round(3)
 
 # %% [markdown]
 # ## Claims
-# A claim is only judged when the baseline BLEU reaches `claims_min_bleu`; otherwise the numbers
-# are recorded as inconclusive.
+# A claim is only judged when the baseline BLEU reaches `claims_min_bleu`; otherwise it is
+# inconclusive. Every comparison of two systems is a paired bootstrap over the test sentences
+# (`bootstrap_samples` resamples, the same draws for both): by BLEU (sacreBLEU's paired test) where
+# both reach `bleu_floor`, else by test perplexity, since below the floor BLEU cannot rank
+# translations. A difference is beyond noise where p < `significance`. Claims 1 and 2 are judged
+# per sparsity: the order *holds* there when each step of it is beyond noise, *fails* when any step
+# is reversed beyond noise, else is within noise; the claim is `not reproduced` where it fails
+# anywhere, `reproduced` where it holds at half of the sparsities or more and fails nowhere, else
+# `within noise`. Every comparison is in the table `paired_tests`.
 
 # %%
 dense_bleu = float(dense["test_bleu"])
 decidable = dense_bleu >= P.claims_min_bleu
-table = sweep[sweep.sparsity > 0].pivot(index="sparsity", columns="scheme", values="test_bleu")
-tol = P.bleu_tolerance
 note = f"baseline test BLEU {dense_bleu:.2f} (beam {P.sweep_beam}); claims need >= {P.claims_min_bleu}"
+refs, lowercase = base.corpus["test"].tgt_raw, base.corpus.config.lowercase
+tests = []
+
+
+def compare(claim, a, b):
+    """Paired test of system a = (scheme, sparsity) against b, cached; one row of `paired_tests`."""
+    key = dict(a=list(a), b=list(b), floor=P.bleu_floor, n_samples=P.bootstrap_samples)
+    x, y = ({**systems[k], "bleu": systems[k]["test_bleu"]} for k in (a, b))
+    row = run.memo("paired", key, lambda: paired_test(x, y, refs, P.bleu_floor, lowercase, P.bootstrap_samples).row())
+    ahead = better(row, P.significance)
+    tests.append(dict(claim=claim, sparsity=a[1], a=a[0], b=b[0], **row,
+                      outcome="holds" if ahead == "a" else "fails" if ahead == "b" else "within noise"))
+    return tests[-1]
+
+
+def per_sparsity(claim, pairs):
+    """Outcome of an order at each sparsity > 0: holds / fails / within noise (see above)."""
+    out = {}
+    for s in [s for s in P.sparsities if s > 0]:
+        steps = [compare(claim, (a, s), (b, s))["outcome"] for a, b in pairs]
+        out[s] = "fails" if "fails" in steps else "holds" if set(steps) == {"holds"} else "within noise"
+    return out
+
+
+def detail(claim, outcomes):
+    rows = [t for t in tests if t["claim"] == claim]
+    return "; ".join(f"{s}: {o} (" + ", ".join(f"{t['a']} vs {t['b']} {t['metric']} p={t['p_value']:.3f}"
+                                                 for t in rows if t["sparsity"] == s) + ")" for s, o in outcomes.items())
+
 
 order = ["class-blind", "class-uniform", "class-distribution"]
-ppl = sweep[sweep.sparsity > 0].pivot(index="sparsity", columns="scheme", values="test_ppl")
-# Where every scheme compared scores below `bleu_floor` BLEU, BLEU cannot rank them; such points
-# are listed in the detail and left out of the BLEU comparisons.
-if set(order) <= set(table.columns):
-    ranked = table[table[order].max(axis=1) >= P.bleu_floor]
-    floor = sorted(set(table.index) - set(ranked.index))
-    bad = [s for s, r in ranked.iterrows() if not (r[order[0]] >= r[order[1]] - tol and r[order[1]] >= r[order[2]] - tol)]
+if set(order) <= set(P.schemes):
+    outcomes = per_sparsity("nmt-scheme-order", list(zip(order, order[1:])))
+    counts = {o: list(outcomes.values()).count(o) for o in ("holds", "within noise", "fails")}
     run.record_claim("nmt-scheme-order", "Class-blind >= class-uniform >= class-distribution across sparsities (no retraining)",
-                     f"sparsities where the BLEU order fails by more than {tol}", f"{len(bad)} of {len(ranked)}",
-                     verdict(not bad if decidable and len(ranked) else None),
-                     detail=f"fails at {bad}; BLEU floor (< {P.bleu_floor}) at {floor}; test perplexity at those: "
-                            f"{ppl.loc[floor, order].round(1).to_dict('index')}; {note}")
+                     "sparsities where the order holds / is within noise / fails, beyond noise at p < "
+                     f"{P.significance} (paired bootstrap: BLEU, perplexity below {P.bleu_floor} BLEU)",
+                     f"{counts['holds']} / {counts['within noise']} / {counts['fails']} of {len(outcomes)}",
+                     ordering_verdict(outcomes) if decidable else "inconclusive",
+                     detail=f"{detail('nmt-scheme-order', outcomes)}; {note}")
 
-if "random" in table.columns:
-    magnitude = [s for s in order if s in table.columns]
-    ranked = table[table[magnitude + ["random"]].max(axis=1) >= P.bleu_floor]
-    gap = ranked[magnitude].min(axis=1) - ranked["random"]
-    ppl_gap = ppl["random"] - ppl[magnitude].max(axis=1)
-    bad = [s for s, g in gap.items() if g <= 0] + [f"ppl@{s}" for s, g in ppl_gap.items() if g <= 0]
+magnitude = [s for s in order if s in P.schemes]
+if "random" in P.schemes and magnitude:
+    outcomes = per_sparsity("nmt-magnitude-beats-random", [(m, "random") for m in magnitude])
+    counts = {o: list(outcomes.values()).count(o) for o in ("holds", "within noise", "fails")}
     run.record_claim("nmt-magnitude-beats-random", "Every magnitude scheme beats random pruning (no retraining)",
-                     "min over sparsities above the BLEU floor of (worst magnitude scheme BLEU - random BLEU)",
-                     f"{gap.min():.2f}", verdict(not bad if decidable and len(gap) else None),
-                     detail=f"not ahead at {bad} (BLEU, and test perplexity at every sparsity > 0); "
-                            f"min perplexity gap {ppl_gap.min():.1f}; {note}")
+                     "sparsities where every magnitude scheme beats random / within noise / random beats one, "
+                     f"beyond noise at p < {P.significance} (paired bootstrap: BLEU, perplexity below {P.bleu_floor} BLEU)",
+                     f"{counts['holds']} / {counts['within noise']} / {counts['fails']} of {len(outcomes)}",
+                     ordering_verdict(outcomes) if decidable else "inconclusive",
+                     detail=f"{detail('nmt-magnitude-beats-random', outcomes)}; {note}")
 
-if 0.4 in table.index and "class-blind" in table.columns:
-    loss = dense_bleu - table.loc[0.4, "class-blind"]
+if 0.4 in P.sparsities and "class-blind" in P.schemes:
+    # The claim is about the size of the loss: judged on the 95% interval of BLEU(pruned) - BLEU(baseline).
+    t = compare("nmt-blind-40-free", ("class-blind", 0.4), ("dense", 0.0))
+    lo, hi = t["ci_lo"], t["ci_hi"]
+    holds = (True if lo > -0.5 else False if hi < -0.5 else None) if t["metric"] == "bleu" else None
     run.record_claim("nmt-blind-40-free", "Class-blind pruning of 40% of the weights costs <= 0.5 BLEU without retraining",
-                     "baseline BLEU - BLEU at 40% class-blind", f"{loss:.2f}", verdict(loss <= 0.5 if decidable else None),
-                     detail=note)
+                     "BLEU(40% class-blind) - BLEU(baseline) and its 95% paired bootstrap interval (reproduced if the "
+                     "interval lies above -0.5, not reproduced if below)", f"{t['delta']:.2f} [{lo:.2f}, {hi:.2f}]",
+                     "inconclusive" if not decidable or t["metric"] != "bleu" else significance_verdict(bool(holds), holds is not None),
+                     detail=f"{t['score_a']:.2f} vs {t['score_b']:.2f}, p={t['p_value']:.3f}, {t['n_samples']} resamples; {note}")
+paired_tests = pd.DataFrame(tests)
+run.save_table("paired_tests", paired_tests)
 
-# The whole curve of each class (mean change over `class_fractions`), as See et al.'s per-class figure.
+# The whole curve of each class (mean change over `class_fractions`), as See et al.'s per-class figure;
+# its noise: the same margin on `bootstrap_samples` resamples of the validation sentences.
 important = ["softmax", "attention", f"encoder layer {P.layers}", f"decoder layer {P.layers}"]
 cheap = ["source embedding", "target embedding"]
 curve = alone.groupby("class").ppl_change.mean()
 margin = curve[important].min() - curve[cheap].max()
+observed, boot = resampled_perplexities({**{k: p["nll"] for k, p in alone_points.items()}, "base": base_nll},
+                                        val_tokens, P.bootstrap_samples, seed=P.seed)
+boot_curve = {c: sum(boot[c, f] - boot["base"] for f in P.class_fractions) / len(P.class_fractions) for c in classes}
+boot_margin = (np.min([boot_curve[c] for c in important], axis=0) - np.max([boot_curve[c] for c in cheap], axis=0))
+lo, hi = np.percentile(boot_margin, [2.5, 97.5])
 by_fraction = alone.pivot(index="fraction", columns="class", values="ppl_change")
 per_fraction = (by_fraction[important].min(axis=1) - by_fraction[cheap].max(axis=1)).round(3).to_dict()
 run.record_claim("nmt-class-importance", "Pruning softmax, attention or the top layers hurts perplexity more than pruning the embeddings",
                  f"min over {important} - max over embeddings of the mean validation perplexity change "
-                 f"over fractions {P.class_fractions} of one class pruned", f"{margin:.3f}",
-                 verdict(bool(margin > 0) if decidable else None),
+                 f"over fractions {P.class_fractions} of one class pruned, with its 95% bootstrap interval "
+                 f"({P.bootstrap_samples} resamples of the validation sentences)", f"{margin:.3f} [{lo:.3f}, {hi:.3f}]",
+                 significance_verdict(bool(margin > 0), bool(lo > 0 or hi < 0)) if decidable else "inconclusive",
                  detail=f"mean changes: {curve.round(3).to_dict()}; margin per fraction: {per_fraction}; {note}")
 pd.read_csv(run.path / "claims.csv")[["id", "value", "verdict"]]
 

@@ -19,8 +19,10 @@
 # further by the same amount). Every method prunes class-blind over See et al.'s weight classes;
 # biases are never pruned.
 #
-# **Claims checked.** (1) SNIP is the best of the four at the most extreme sparsities.
-# (2) OBD and SNIP prune the embedding classes more than class-blind magnitude does.
+# **Claims checked.** (1) SNIP is the best of the four at the most extreme sparsities, judged by
+# paired bootstrap tests over the test sentences (BLEU where both systems compared reach
+# `bleu_floor`, else test perplexity). (2) OBD and SNIP prune the embedding classes more than
+# class-blind magnitude does (a count of the masks: no noise).
 #
 # The next cell holds the parameters (`None` takes the profile's value; the NMT data, model and
 # training parameters come from `profiles/_nmt.toml`, so the cached baseline is reused).
@@ -74,6 +76,9 @@ retrain_lr_factor = None  # retraining learning rate is lr times this
 class_sparsities = None   # sparsities of the per-class table
 eval_beam = None          # beam width of every BLEU in this notebook (1 is greedy), dense included
 claims_min_bleu = None    # below this dense BLEU the BLEU-based claims are inconclusive
+bleu_floor = None         # two systems are compared by BLEU when both reach this, else by test perplexity
+significance = None       # a paired difference is beyond noise where its bootstrap p-value is below this
+bootstrap_samples = None  # resamples of the test sentences in every paired bootstrap
 run_dir = ""              # set by `prunelab run`; "" derives the run folder from the parameters
 
 # %%
@@ -85,10 +90,11 @@ from tqdm.auto import tqdm
 
 from prunelab import masks as M
 from prunelab import nmt, obd_snip, results, runner
-from prunelab.results import verdict
+from prunelab.nmt.evaluate import better, paired_test
+from prunelab.results import ordering_verdict, verdict
 from prunelab.sparse_init import prune_at_init_
 
-OWN = ("eval_beam", "claims_min_bleu", "methods", "sparsities", "obd_estimator", "obd_probes",
+OWN = ("eval_beam", "claims_min_bleu", "bleu_floor", "significance", "bootstrap_samples", "methods", "sparsities", "obd_estimator", "obd_probes",
        "saliency_batches", "saliency_batch_size", "snip_init", "snip_epochs", "snip_max_steps", "retrain_top",
        "retrain_sparsities", "retrain_epochs", "retrain_lr_factor", "class_sparsities")
 P, run = runner.start("20_obd_snip", profile=profile, run_dir=run_dir,
@@ -171,13 +177,18 @@ def point(method, sparsity, retrain):
         nmt.train_(model, corpus, cfg, masks=masks, progress=False)
     achieved = float(M.sparsity_report(model, masks).sparsity.iloc[-1])
     return dict(method=method, sparsity=sparsity, retrained=retrain, achieved=achieved,
-                **obd_snip.evaluate(model, corpus, P.eval_beam, P.alpha))
+                **obd_snip.evaluate(model, corpus, P.eval_beam, P.alpha, outputs=True))
+
+
+def scores(row):
+    """A point without its test outputs (kept in the cache for the paired tests of claim 1)."""
+    return {k: v for k, v in row.items() if k not in obd_snip.OUTPUTS}
 
 
 grid = [(m, s) for m in METHODS for s in P.sparsities]
-rows = [run.memo("point", dict(method=m, sparsity=s, retrain=False), lambda: point(m, s, False))
-        for m, s in tqdm(grid, desc="prune + evaluate")]
-table = pd.DataFrame(rows)
+systems = {(m, s): run.memo("system", dict(method=m, sparsity=s, retrain=False), lambda: point(m, s, False))
+           for m, s in tqdm(grid, desc="prune + evaluate")}
+table = pd.DataFrame([scores(r) for r in systems.values()])
 run.save_table("no_retraining", table)
 table.pivot(index="sparsity", columns="method", values="bleu").round(2)
 
@@ -191,7 +202,7 @@ ranking = table.groupby("method").bleu.mean().sort_values(ascending=False)
 best = list(ranking.index[:P.retrain_top])
 print("mean BLEU without retraining:", ranking.round(2).to_dict(), "-> retraining", best)
 grid = [(m, s) for m in best for s in P.retrain_sparsities]
-retrained = pd.DataFrame([run.memo("point", dict(method=m, sparsity=s, retrain=True), lambda: point(m, s, True))
+retrained = pd.DataFrame([scores(run.memo("system", dict(method=m, sparsity=s, retrain=True), lambda: point(m, s, True)))
                           for m, s in tqdm(grid, desc="retrain")])
 run.save_table("retrained", retrained)
 both = pd.concat([table, retrained], ignore_index=True)
@@ -239,24 +250,50 @@ per_class.pivot_table(index="weight_class", columns=["sparsity", "method"], valu
 
 # %% [markdown]
 # ## Claim 1: SNIP is the best of the four at the most extreme sparsities
-# Judged without retraining (SNIP trained from its init mask; the others pruned after
-# training) at the two highest sparsities of the grid; inconclusive when the dense baseline is
-# below `claims_min_bleu` or all methods are within 0.1 BLEU there.
+# Judged without retraining (SNIP trained from its init mask; the others pruned after training) at
+# the two highest sparsities of the grid. At each, SNIP is compared with every other method by a
+# paired bootstrap over the test sentences (`bootstrap_samples` resamples): by BLEU where both
+# reach `bleu_floor`, else by test perplexity (a model below the floor translates nothing a BLEU
+# difference could rank). SNIP is best there when it beats every other method beyond noise
+# (p < `significance`), fails when any method beats it beyond noise, else is within noise; the claim
+# is `not reproduced` where it fails at either sparsity, `reproduced` where it is best at one or both
+# and fails at neither, else `within noise`; inconclusive when the dense baseline is below
+# `claims_min_bleu`. The comparisons are in the table `paired_tests`.
 
 # %%
-bleu = table.pivot(index="sparsity", columns="method", values="bleu")
-extreme = bleu.index[-2:]
-if "snip" in bleu.columns and len(bleu.columns) > 1:
-    margin = (bleu.loc[extreme, "snip"] - bleu.loc[extreme].drop(columns="snip").max(axis=1)).min()
-    # All methods within 0.1 BLEU of each other at every extreme point: no signal to judge on.
-    tied = bool((bleu.loc[extreme].max(axis=1) - bleu.loc[extreme].min(axis=1)).max() < 0.1)
-    holds = None if tied or dense["bleu"] < P.claims_min_bleu else bool(margin > 0)
-else:
-    margin, holds = float("nan"), None
+refs, lowercase = corpus["test"].tgt_raw, corpus.config.lowercase
+extreme = sorted(P.sparsities)[-2:]
+tests, outcomes = [], {}
+if "snip" in METHODS and len(METHODS) > 1:
+    for s in extreme:
+        for m in [m for m in METHODS if m != "snip"]:
+            key = dict(a="snip", b=m, sparsity=s, floor=P.bleu_floor, n_samples=P.bootstrap_samples)
+            row = run.memo("paired", key, lambda: paired_test(systems["snip", s], systems[m, s], refs, P.bleu_floor,
+                                                              lowercase, P.bootstrap_samples).row())
+            ahead = better(row, P.significance)
+            tests.append(dict(sparsity=s, a="snip", b=m, **row,
+                              outcome="holds" if ahead == "a" else "fails" if ahead == "b" else "within noise"))
+        steps = [t["outcome"] for t in tests if t["sparsity"] == s]
+        outcomes[s] = "fails" if "fails" in steps else "holds" if set(steps) == {"holds"} else "within noise"
+paired_tests = pd.DataFrame(tests)
+run.save_table("paired_tests", paired_tests)
+
+
+def rival(s):
+    """SNIP's closest rival at sparsity s: the comparison least beyond noise (largest p-value)."""
+    return max((t for t in tests if t["sparsity"] == s), key=lambda t: t["p_value"])
+
+
+margins = {s: rival(s) for s in outcomes}
 run.record_claim("snip-best-at-extreme-sparsity", "SNIP gives the highest BLEU of OBD, SNIP, magnitude and random at the most extreme sparsities",
-                 f"min over sparsities {list(extreme)} of BLEU(snip) - best other BLEU, no retraining",
-                 f"{margin:.2f}", verdict(holds),
-                 "; ".join(f"{s}: " + ", ".join(f"{m} {v:.2f}" for m, v in bleu.loc[s].items()) for s in extreme))
+                 f"at sparsities {extreme}: SNIP minus its closest rival, by BLEU where both reach {P.bleu_floor}, "
+                 f"else by test perplexity (paired bootstrap, beyond noise at p < {P.significance}); no retraining",
+                 "; ".join(f"{s}: {t['metric']} {t['delta']:+.2f} vs {t['b']}" for s, t in margins.items()) or "nan",
+                 ordering_verdict(outcomes) if outcomes and dense["bleu"] >= P.claims_min_bleu else "inconclusive",
+                 "; ".join(f"{s}: {outcomes[s]} (" + ", ".join(
+                     f"vs {t['b']}: {t['metric']} {t['score_a']:.2f} vs {t['score_b']:.2f}, 95% CI [{t['ci_lo']:+.2f}, "
+                     f"{t['ci_hi']:+.2f}], p={t['p_value']:.3f}" for t in tests if t["sparsity"] == s) + ")" for s in outcomes))
+paired_tests
 
 # %% [markdown]
 # ## Claim 2: OBD and SNIP prune the embeddings more than class-blind magnitude

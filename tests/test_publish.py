@@ -332,3 +332,29 @@ def test_committed_default_figures_are_current():
     assert not any("dirty" in entry.get("commit", "") for entry in manifest.values())
     pages = {entry["notebook"] for entry in manifest.values()}
     assert {p.stem for p in (results.project_root() / "figures" / "default" / "notebooks").glob("*.html")} == pages
+
+
+def test_notebooks_published_at_once_all_land(runs, tmp_path, monkeypatch):
+    """Gather jobs of different notebooks finish together on a cluster: no manifest entry or claim is lost."""
+    import multiprocessing
+
+    project = _demo_project(tmp_path, monkeypatch)
+    made = [_fake_run(f"0{i}_demo", {"profile": "default", "x": i}) for i in range(8)]
+
+    def publish_some(batch):
+        for run in batch:
+            for _ in range(3):
+                publish.publish_run(run)
+
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=publish_some, args=(made[k::4],)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0] * 4
+    dest = project / "figures" / "default"
+    manifest = json.loads((dest / "MANIFEST.json").read_text())
+    assert {e["notebook"] for e in manifest.values()} == {run.notebook for run in made}
+    assert sorted(pd.read_csv(dest / "claims.csv", dtype=str).notebook) == sorted(run.notebook for run in made)
+    assert all(f"## {run.notebook} " in (dest / "CLAIMS.md").read_text() for run in made)

@@ -96,6 +96,51 @@ def _sparsity(masks: Masks) -> float:
     return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
 
 
+class _Pruner:
+    """The current masks of a `train_sparse_` run and the pruning its schedule asks for."""
+
+    def __init__(self, model, schedule, classes, masks: Masks):
+        self.model, self.schedule, self.classes, self.masks = model, schedule, classes, masks
+        self.final = schedule.target if schedule is not None else None
+        self.now = _sparsity(masks) if masks else 0.0
+
+    def at_final(self) -> bool:
+        return self.final is None or self.now == self.final
+
+    def due(self, step: int) -> bool:
+        s = self.schedule.sparsity_at(step) if self.schedule is not None else self.now
+        return s > self.now and not math.isclose(s, self.now)
+
+    def prune(self, step: int) -> list:
+        """Prune to the schedule's sparsity at ``step`` (on top of the current masks); the bound masks."""
+        target = self.schedule.sparsity_at(step) if self.schedule is not None else self.now
+        if self.final is not None and math.isclose(target, self.final):
+            target = self.final  # 0.8 * 3 / 3 may miss 0.8 by one ulp
+        if target > self.now or not self.masks:
+            self.masks = prune_masks(self.model, target, "class-blind", classes=self.classes,
+                                     previous=self.masks or None)
+            self.now = target
+        pairs = bind_masks(self.model, self.masks)
+        apply_masks_(pairs)
+        return pairs
+
+
+def _masked_update(model, batch, opt, pairs, clip: float, amp: bool):
+    """One optimizer step on ``batch`` that keeps the pruned weights at zero; (loss, batch)."""
+    opt.zero_grad(set_to_none=True)
+    with autocast(batch.src.device, amp):
+        loss = batch_loss(model, batch)
+    loss.backward()
+    # Pruned weights' gradients are thrown away by the re-masking; keeping them out of the norm
+    # lets clipping act on the live weights only.
+    for param, mask in pairs:
+        param.grad.mul_(mask.view(torch.uint8))
+    if clip:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    masked_step_(opt, pairs)
+    return loss, batch
+
+
 def train_sparse_(model: nn.Module, corpus: Corpus, config: TrainConfig, schedule=None, masks: Masks | None = None,
                   classes: dict[str, list[str]] | None = None, amp: bool = False,
                   progress: bool = True) -> tuple[list[dict], Masks]:
@@ -137,26 +182,13 @@ def train_sparse_(model: nn.Module, corpus: Corpus, config: TrainConfig, schedul
                          f"{schedule.target}, within {epochs} epoch(s) of {n} steps")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    masks = dict(masks or {})
-    final = schedule.target if schedule is not None else None
-    now = _sparsity(masks) if masks else 0.0
-
-    def prune(step: int) -> list:
-        nonlocal masks, now
-        target = schedule.sparsity_at(step) if schedule is not None else now
-        target = final if final is not None and math.isclose(target, final) else target  # 0.8 * 3 / 3 may miss 0.8
-        if target > now or not masks:
-            masks, now = prune_masks(model, target, "class-blind", classes=classes, previous=masks or None), target
-        pairs = bind_masks(model, masks)
-        apply_masks_(pairs)
-        return pairs
-
-    pairs = prune(0)
+    pruner = _Pruner(model, schedule, classes, dict(masks or {}))
+    pairs = pruner.prune(0)
     opt = (torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=config.lr)
-    at_final = final is None or now == final
+    at_final = pruner.at_final()
     val = perplexity(model, corpus["val"], amp=amp)
     best, best_state = (val, copy.deepcopy(model.state_dict())) if at_final else (math.inf, None)
-    history = [dict(epoch=0, step=0, sparsity=now, train_loss=float("nan"), val_ppl=val, lr=config.lr, seconds=0.0,
+    history = [dict(epoch=0, step=0, sparsity=pruner.now, train_loss=float("nan"), val_ppl=val, lr=config.lr, seconds=0.0,
                     best=at_final)]
     device, step = next(model.parameters()).device, 0
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False):
@@ -166,25 +198,14 @@ def train_sparse_(model: nn.Module, corpus: Corpus, config: TrainConfig, schedul
                                        desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=10)):
             if i >= n:
                 break
-            if schedule is not None and schedule.sparsity_at(step) > now and not math.isclose(schedule.sparsity_at(step), now):
-                pairs = prune(step)
-            batch = batch.to(device)
-            opt.zero_grad(set_to_none=True)
-            with autocast(device, amp):
-                loss = batch_loss(model, batch)
-            loss.backward()
-            # Pruned weights' gradients are thrown away by the re-masking; keeping them out of the
-            # norm lets clipping act on the live weights only.
-            for param, mask in pairs:
-                param.grad.mul_(mask.view(torch.uint8))
-            if config.clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            masked_step_(opt, pairs)
+            if pruner.due(step):
+                pairs = pruner.prune(step)
+            loss, batch = _masked_update(model, batch.to(device), opt, pairs, config.clip, amp)
             total, tokens, step = total + loss.detach() * batch.n_tokens, tokens + batch.n_tokens, step + 1
         val = perplexity(model, corpus["val"], amp=amp)
-        lr, at_final = opt.param_groups[0]["lr"], final is None or now == final
+        lr, at_final = opt.param_groups[0]["lr"], pruner.at_final()
         improved = at_final and val < best
-        history.append(dict(epoch=epoch, step=step, sparsity=now, train_loss=float(total) / max(tokens, 1), val_ppl=val,
+        history.append(dict(epoch=epoch, step=step, sparsity=pruner.now, train_loss=float(total) / max(tokens, 1), val_ppl=val,
                             lr=lr, seconds=time.perf_counter() - start, best=improved))
         if improved:
             best, best_state = val, copy.deepcopy(model.state_dict())
@@ -194,7 +215,7 @@ def train_sparse_(model: nn.Module, corpus: Corpus, config: TrainConfig, schedul
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return history, masks
+    return history, pruner.masks
 
 
 def margin_verdict(paired: PairedBleu, margin: float) -> str:

@@ -13,6 +13,12 @@ The API other notebooks use (the OBD/SNIP study reuses the same baseline)::
     nmt.bleu(model, corpus, "test", beam=P.beam, verbose=True).score
     nmt.train_(model, corpus, nmt.TrainConfig.from_params(P, lr=P.lr / 10, max_epochs=2), masks=m)
 
+    # pruning while retraining (one-shot, iterative, gradual), on a fixed budget of epochs:
+    cfg = nmt.TrainConfig.from_params(P, max_epochs=2)
+    schedule = nmt.sparsity_schedule("gradual", 0.8, span_steps=nmt.epoch_steps(corpus, cfg), every=50)
+    history, m = nmt.train_sparse_(base.fresh_copy(), corpus, cfg, schedule)
+    nmt.paired_bleu(hyps_a, hyps_b, corpus["test"].tgt_raw)   # bootstrap p-value and 95% CI of the difference
+
     # at initialisation (SNIP-style scores need a loss on batches):
     fresh = nmt.build_model(P, corpus, init="kaiming_normal", seed=0)   # see nmt.INITS
     batch = next(corpus["train"].batches(64, torch.Generator().manual_seed(0)))
@@ -34,9 +40,13 @@ baseline is `baseline_key(P)`; a checkpoint that does not fit the model raises V
 from prunelab.models.seq2seq import INITS, Seq2Seq, Seq2SeqConfig, weight_classes
 from prunelab.nmt.baseline import (BASELINE_KEYS, PARAMS, Baseline, as_dict, baseline, baseline_key, build_model, load_data,
                                    load_state_, prune_masks)
-from prunelab.nmt.evaluate import BleuResult, bleu, bleu_score, translate
+from prunelab.nmt.evaluate import BleuResult, PairedBleu, bleu, bleu_score, paired_bleu, translate
+from prunelab.nmt.retrain import (SCHEDULE_METHODS, beats_verdict, combined_verdict, epoch_steps, first_pairs,
+                                  margin_verdict, sparsity_schedule, train_sparse_)
 from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity, train_
 
-__all__ = ["BASELINE_KEYS", "PARAMS", "Baseline", "BleuResult", "INITS", "Seq2Seq", "Seq2SeqConfig", "TrainConfig", "as_dict",
-           "autocast", "baseline", "baseline_key", "batch_loss", "bleu", "bleu_score", "build_model", "load_data",
-           "load_state_", "perplexity", "prune_masks", "train_", "translate", "weight_classes"]
+__all__ = ["BASELINE_KEYS", "PARAMS", "SCHEDULE_METHODS", "Baseline", "BleuResult", "INITS", "PairedBleu", "Seq2Seq",
+           "Seq2SeqConfig", "TrainConfig", "as_dict", "autocast", "baseline", "baseline_key", "batch_loss", "beats_verdict",
+           "bleu", "bleu_score", "build_model", "combined_verdict", "epoch_steps", "first_pairs", "load_data", "load_state_",
+           "margin_verdict", "paired_bleu", "perplexity", "prune_masks", "sparsity_schedule", "train_", "train_sparse_",
+           "translate", "weight_classes"]

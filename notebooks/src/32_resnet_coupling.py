@@ -211,6 +211,8 @@ torch.manual_seed(P.seed)
 nets = {"resnet_small": model,
         "alexnet_small": transfer.build_model("alexnet_small", 10, P.image_size, 1, P.alexnet_widths, P.alexnet_hidden)}
 pruned = {(a, s): structured.prune_to_share(net, x[:1], s) for a, net in nets.items() for s in P.timing_shares}
+shape = {k: dict(params=metrics.count_params(net), flops_fraction=metrics.flops(net, x[:1]) / metrics.flops(nets[k[0]], x[:1]))
+         for k, net in pruned.items()}
 xb, yb = data["x_train"][:P.batch_size], data["y_train"][:P.batch_size]
 epoch_batches = -(-len(data["x_train"]) // P.batch_size)
 
@@ -222,9 +224,7 @@ for r in tqdm(range(P.timing_repeats), desc="timing repeats"):
     for a in nets:
         for s in (P.timing_shares if r % 2 == 0 else P.timing_shares[::-1]):
             step_s = run.memo("train_step", dict(arch=a, share=s, repeat=r), lambda: time_level(a, s))["step_s"]
-            rows.append(dict(arch=a, share=s, repeat=r, step_s=step_s, s_per_epoch=step_s * epoch_batches,
-                             params=metrics.count_params(pruned[a, s]),
-                             flops_fraction=metrics.flops(pruned[a, s], x[:1]) / metrics.flops(nets[a], x[:1])))
+            rows.append(dict(arch=a, share=s, repeat=r, step_s=step_s, s_per_epoch=step_s * epoch_batches, **shape[a, s]))
 timing = pd.DataFrame(rows).sort_values(["arch", "share", "repeat"], ignore_index=True)
 run.save_table("training_time", timing)
 per_level = timing.groupby(["arch", "share"]).agg(s_per_epoch=("s_per_epoch", "median"), low=("s_per_epoch", "min"),

@@ -39,6 +39,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from prunelab.masks import n_to_prune
 from prunelab.metrics import eval_mode
 
 Plan = dict[str, list[int]]
@@ -301,6 +302,11 @@ def masked_filters(model: nn.Module, plan: Mapping[str, Sequence[int]], layers: 
             h.remove()
 
 
+def _ascending(scores: Mapping[str, Tensor]) -> list[tuple[float, int, int]]:
+    """(score, layer position, filter index) of every filter, lowest first; ties by layer order, then index."""
+    return sorted((float(v), li, i) for li, s in enumerate(scores.values()) for i, v in enumerate(s.detach().cpu().tolist()))
+
+
 def plan_from_scores(scores: Mapping[str, Tensor], n_remove: int, min_filters: int = 1) -> Plan:
     """Remove the ``n_remove`` lowest-scored filters across layers, keeping ``min_filters`` per layer.
 
@@ -316,9 +322,8 @@ def plan_from_scores(scores: Mapping[str, Tensor], n_remove: int, min_filters: i
     if n_remove < 0 or n_remove > sum(capacity.values()):
         raise ValueError(f"cannot remove {n_remove} filters: with min_filters={min_filters} at most "
                          f"{sum(capacity.values())} of {sum(s.numel() for s in scores.values())} can go")
-    order = sorted(((float(v), li, i) for li, s in enumerate(scores.values()) for i, v in enumerate(s.detach().cpu().tolist())))
     names, plan, taken = list(scores), {}, {n: 0 for n in scores}
-    for _, li, i in order:
+    for _, li, i in _ascending(scores):
         if sum(taken.values()) == n_remove:
             break
         name = names[li]
@@ -326,3 +331,33 @@ def plan_from_scores(scores: Mapping[str, Tensor], n_remove: int, min_filters: i
             plan.setdefault(name, []).append(i)
             taken[name] += 1
     return {n: sorted(v) for n, v in plan.items()}
+
+
+def wanted_per_layer(scores: Mapping[str, Tensor], n_remove: int) -> dict[str, int]:
+    """How many of each layer's filters are among the ``n_remove`` lowest scores over all layers:
+    the criterion's own choice before `plan_from_scores`'s ``min_filters`` guard (same tie rule).
+
+    A layer whose count exceeds its filters less ``min_filters`` is one the guard saved; a count equal
+    to its filters is a criterion trying to empty the layer (Molchanov et al. 2017 saw Taylor do so).
+
+    >>> wanted_per_layer({"a": torch.tensor([0.5, 0.1, 0.9]), "b": torch.tensor([0.2, 0.3])}, 3)
+    {'a': 1, 'b': 2}
+    """
+    names, wanted = list(scores), {n: 0 for n in scores}
+    for _, li, _ in _ascending(scores)[:max(n_remove, 0)]:
+        wanted[names[li]] += 1
+    return wanted
+
+
+def plan_by_share(scores: Mapping[str, Tensor], share: float, min_filters: int = 1) -> Plan:
+    """Remove ``share`` of every layer's filters (`masks.n_to_prune`'s rounding), its lowest-scored
+    ones, keeping at least ``min_filters`` in each: one pruning level of the same shape for any criterion.
+
+    >>> plan_by_share({"a": torch.tensor([0.5, 0.1, 0.9, 0.2]), "b": torch.tensor([0.2, 0.3])}, 0.5)
+    {'a': [1, 3], 'b': [0]}
+    """
+    plan = {}
+    for name, s in scores.items():
+        k = min(n_to_prune(int(s.numel()), share), max(int(s.numel()) - min_filters, 0))
+        plan.update(plan_from_scores({name: s}, k, min_filters))
+    return plan

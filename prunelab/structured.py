@@ -26,7 +26,7 @@ from prunelab import metrics, train
 from prunelab.criteria.filters import describe_normalization, get_filter_criterion
 from prunelab.data.imagesets import ImageData, from_tensors
 from prunelab.models.cnn import check_input_shape
-from prunelab.removal import filter_layers, plan_from_scores, rankable, remove_filters_
+from prunelab.removal import filter_layers, plan_by_share, plan_from_scores, rankable, remove_filters_, wanted_per_layer
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
     Returns:
         (levels, layers): one dict per level (level 0 = unpruned; accuracy after fine-tuning,
         accuracy_before_finetune, params, flops, latency, finetune_s_per_epoch, ...), and one dict per
-        level and layer (kind conv or linear, filters or units remaining, removed at that level).
+        level and layer (kind conv or linear, filters or units remaining, removed at that level, and
+        ``wanted_now``: how many the criterion's k lowest scores took from it before the ``min_filters``
+        guard; ``wanted_now > removed_now`` where the guard overrode the criterion).
 
     Raises:
         ValueError: images the model cannot take, an unreachable target, an unknown criterion.
@@ -151,14 +153,16 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
                    finetune_s_per_epoch=base_epoch, score_s=0.0)]
     layers = filter_layers(model, example, linear=cfg.prune_linear)
     per_layer = [dict(level=0, criterion=cfg.criterion, layer=n, kind=layers[n].kind, filters=layers[n].n_filters,
-                      removed_now=0) for n in names]
+                      removed_now=0, wanted_now=0) for n in names]
     bar = tqdm(desc=f"pruning ({cfg.criterion})", disable=not progress, leave=False)
     while not _reached(levels[-1], flops0, layers, names, cfg):
         t = time.perf_counter()
         scores = score(model, names, batches=batches, layers=layers, generator=gen, normalize=cfg.normalize)
         score_s = time.perf_counter() - t
         capacity = sum(layers[n].n_filters - cfg.min_filters for n in names)
-        plan = plan_from_scores(scores, min(cfg.filters_per_step, capacity), cfg.min_filters)
+        n_remove = min(cfg.filters_per_step, capacity)
+        plan = plan_from_scores(scores, n_remove, cfg.min_filters)
+        wanted = wanted_per_layer(scores, n_remove)  # read only: what the criterion chose before the min_filters guard
         remove_filters_(model, plan, example, cfg.min_filters, cfg.prune_linear)
         before = accuracy_on_test(model, data)
         # Dropout draws from the global RNG: reseed it per level so that a level's fine-tuning
@@ -170,12 +174,36 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
                            **measure(model, data, cfg), accuracy_before_finetune=before, finetune_s_per_epoch=epoch_s,
                            score_s=score_s))
         per_layer += [dict(level=level, criterion=cfg.criterion, layer=n, kind=layers[n].kind, filters=layers[n].n_filters,
-                           removed_now=len(plan.get(n, []))) for n in names]
+                           removed_now=len(plan.get(n, [])), wanted_now=wanted[n]) for n in names]
         bar.update()
     bar.close()
     for row in levels:
         row["flops_fraction"] = row["flops"] / flops0
     return levels, per_layer
+
+
+def prune_to_share(model: nn.Module, example: Tensor, share: float, criterion: str = "weight_norm",
+                   batches=None, min_filters: int = 1, linear: bool = False) -> nn.Module:
+    """A copy of ``model`` with ``share`` of every prunable group's filters removed in one step.
+
+    Every group loses the same share (`removal.plan_by_share`), its lowest-``criterion`` filters, so a
+    level has one shape whatever the criterion: what a timing across architectures needs.
+
+    Args:
+        example: one input batch ``(N, C, H, W)`` for the dependency graph.
+        batches: the criterion's ``(x, y)`` batches (``weight_norm``, the default, uses none).
+
+    >>> from prunelab.models.cnn import alexnet_small
+    >>> small = prune_to_share(alexnet_small(image_size=16, widths=(8, 8, 8, 8, 8)), torch.zeros(1, 1, 16, 16), 0.5)
+    >>> small.conv1.out_channels
+    4
+    """
+    model = copy.deepcopy(model).eval()
+    layers = filter_layers(model, example, linear=linear)
+    names = rankable(layers)
+    scores = get_filter_criterion(criterion)(model, names, batches=batches or [(example, None)], layers=layers)
+    remove_filters_(model, plan_by_share(scores, share, min_filters), example, min_filters, linear)
+    return model
 
 
 def _reached(last: dict, flops0: int, layers, names, cfg: PruneConfig) -> bool:

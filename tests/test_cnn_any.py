@@ -76,7 +76,8 @@ def test_31_runs_on_a_user_model_and_an_image_folder(user, runs, monkeypatch):
     per_layer = pd.read_csv(folder / "tables" / "filters_per_layer.csv")
     assert set(per_layer.kind) == {"conv", "linear"} and set(per_layer.layer.astype(str)) == {"0", "4", "8"}  # never "10", the output
     claims = pd.read_csv(folder / "claims.csv")
-    assert set(claims.id) == {"flops-within-1pt", "taylor-deeper-first", "finetune-time-falls", "speedup-below-flop-reduction"}
+    assert set(claims.id) == {"flops-within-1pt", "taylor-deeper-first", "finetune-time-falls", "speedup-below-flop-reduction",
+                              "taylor-tries-to-empty-layers"}
     assert (folder / "figures" / "accuracy_vs_flops_params.png").exists() and (folder / "complete.json").exists()
 
 

@@ -131,7 +131,7 @@ def test_31_filter_pruning_smoke(runs):
         assert part.flops.is_monotonic_decreasing and (part.finetune_s_per_epoch > 0).all()
     claims = pd.read_csv(run.path / "claims.csv", dtype=str).set_index("id")
     assert set(claims.index) == {"flops-within-1pt", "taylor-deeper-first", "finetune-time-falls",
-                                 "speedup-below-flop-reduction"}
+                                 "speedup-below-flop-reduction", "taylor-tries-to-empty-layers"}
 
     # Every criterion starts from the same unpruned net; the notebook takes the first criterion's level 0.
     level0 = levels[levels.level == 0]
@@ -171,6 +171,27 @@ def test_31_filter_pruning_smoke(runs):
     below = all(v < 1 for v in ratio.values())
     assert claims.verdict["speedup-below-flop-reduction"] == verdict(None if noisy else below)
 
+    # The min_filters guard: each iteration removes as many filters as the criterion chose; it
+    # overrides the choice only where a layer would fall under min_filters, and leaves it at that.
+    later = per_layer[per_layer.level > 0]
+    sums = later.groupby(["criterion", "level"])[["wanted_now", "removed_now"]].sum()
+    assert (sums.wanted_now == sums.removed_now).all()
+    before = later.filters + later.removed_now
+    over = later.wanted_now > later.removed_now
+    assert (later.filters[over] == params["min_filters"]).all()
+    assert (later.wanted_now[over] > before[over] - params["min_filters"]).all()
+    guard = run.load_table("guard_overrides")
+    assert len(guard) == over.sum()
+    assert (guard.would_empty == (guard.wanted_now >= guard.filters_before)).all()
+    summary = run.load_table("guard_by_criterion").set_index("criterion")
+    overridden = later[over].groupby("criterion")["level"].nunique().reindex(params["criteria"], fill_value=0)
+    runs_ = levels[levels.level > 0].groupby("criterion").size()
+    assert summary.overridden.to_dict() == overridden.to_dict()
+    share = overridden / runs_.reindex(params["criteria"])
+    assert named_numbers(claims.value["taylor-tries-to-empty-layers"]) == {c: pytest.approx(v, abs=1e-3) for c, v in share.items()}
+    others = share.drop("taylor")
+    assert claims.verdict["taylor-tries-to-empty-layers"] == verdict(share["taylor"] > 0 and share["taylor"] > others.min())
+
 
 def test_32_resnet_coupling_smoke(runs):
     run, executed = runner.run_notebook("32_resnet_coupling", "smoke", progress=False)
@@ -182,3 +203,24 @@ def test_32_resnet_coupling_smoke(runs):
     claims = pd.read_csv(run.path / "claims.csv").set_index("id")
     assert claims.verdict["coupled-groups-pruned-together"] == "reproduced"
     assert claims.verdict["coupled-conv-alone-breaks"] == "reproduced"
+
+    # Training time against pruning level: both architectures, every level, every repeat; the claim's
+    # verdict follows from the table by its stated rule.
+    params = runner.resolve("32_resnet_coupling", "smoke")
+    timing = run.load_table("training_time")
+    assert len(timing) == 2 * len(params["timing_shares"]) * params["timing_repeats"]
+    assert set(timing.arch) == {"resnet_small", "alexnet_small"} and (timing.s_per_epoch > 0).all()
+    for _, part in timing.groupby("arch"):
+        flops = part.groupby("share").flops_fraction.first()
+        assert flops.iloc[0] == 1.0 and flops.is_monotonic_decreasing and flops.iloc[-1] < 0.5
+    recorded = {a: numbers(v) for a, v in re.findall(r"(\w+): (rho=\S+ \(p=[^)]+\))", claims.value["training-time-falls-per-arch"])}
+    verdicts = set()
+    for arch, part in timing.groupby("arch"):
+        median = part.groupby("share").s_per_epoch.median()
+        rho, p = spearmanr(median.index, median.to_numpy())
+        assert recorded[arch] == [pytest.approx(rho, abs=1e-3), pytest.approx(p, rel=0.05, abs=1e-12)]
+        first, last = part[part.share == median.index[0]].s_per_epoch, part[part.share == median.index[-1]].s_per_epoch
+        apart = first.max() < last.min() or last.max() < first.min()
+        verdicts.add(verdict(rho < 0) if p < 0.05 and apart else "within noise")
+    expected = "reproduced" if verdicts == {"reproduced"} else "not reproduced" if "not reproduced" in verdicts else "within noise"
+    assert claims.verdict["training-time-falls-per-arch"] == expected

@@ -111,3 +111,21 @@ def test_plan_from_scores_exact_counts_and_floor():
     assert sum(len(v) for v in removal.plan_from_scores(scores, 5, min_filters=1).values()) == 5
     with pytest.raises(ValueError, match="at most 3 of 7"):
         removal.plan_from_scores(scores, 4, min_filters=2)
+
+
+def test_wanted_per_layer_is_the_choice_the_guard_overrides():
+    scores = {"a": torch.tensor([0.1, 0.2, 0.3]), "b": torch.tensor([0.9, 0.8]), "c": torch.tensor([0.3, 0.4])}
+    assert removal.wanted_per_layer(scores, 3) == {"a": 3, "b": 0, "c": 0}  # tie at 0.3: layer order first
+    assert removal.wanted_per_layer(scores, 4) == {"a": 3, "b": 0, "c": 1}
+    plan = removal.plan_from_scores(scores, 4, min_filters=1)
+    assert plan == {"a": [0, 1], "b": [1], "c": [0]}  # the guard keeps a's and c's last filters; b gives its lowest
+    assert removal.wanted_per_layer(scores, 2) == {"a": 2, "b": 0, "c": 0}
+    assert removal.plan_from_scores(scores, 2) == {"a": [0, 1]}  # no guard needed: the plan is the choice
+
+
+def test_plan_by_share_removes_the_same_share_of_every_layer():
+    scores = {"a": torch.arange(10.0).flip(0), "b": torch.tensor([0.3, 0.1, 0.2]), "c": torch.tensor([1.0])}
+    plan = removal.plan_by_share(scores, 0.5)
+    assert plan == {"a": [5, 6, 7, 8, 9], "b": [1, 2]}  # round(1.5) = 2 (half to even); c keeps its one filter
+    assert removal.plan_by_share(scores, 0.5, min_filters=2) == {"a": [5, 6, 7, 8, 9], "b": [1]}
+    assert removal.plan_by_share(scores, 0.0) == {}

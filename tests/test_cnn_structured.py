@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prunelab import structured
+from prunelab import metrics, removal, structured
 from prunelab.models import cnn
 
 
@@ -71,3 +71,29 @@ def test_loop_does_not_depend_on_the_global_rng_state():
     b, _ = structured.prune_iteratively(model, data, cfg)
     keys = ["accuracy", "accuracy_before_finetune", "params", "flops"]
     assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+
+
+def test_counting_the_guard_leaves_the_pruning_unchanged(monkeypatch):
+    """`wanted_now` only reads the scores: the same levels and filters with the count stubbed out."""
+    model, data = _setup()
+    cfg = _cfg(criterion="taylor", target_flops=None, target_filters=16, min_filters=3, filters_per_step=6)
+    levels, per_layer = structured.prune_iteratively(model, data, cfg)
+    assert any(r["wanted_now"] > r["removed_now"] for r in per_layer)  # the guard acted in this run
+    monkeypatch.setattr(structured, "wanted_per_layer", lambda scores, n: dict.fromkeys(scores, 0))
+    levels_, per_layer_ = structured.prune_iteratively(model, data, cfg)
+    untimed = ["level", "removed", "accuracy", "accuracy_before_finetune", "params", "flops", "flops_fraction"]
+    assert [[r[k] for k in untimed] for r in levels] == [[r[k] for k in untimed] for r in levels_]
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "wanted_now"} for r in rows]  # noqa: E731
+    assert drop(per_layer) == drop(per_layer_)
+
+
+def test_prune_to_share_and_train_step_time():
+    model = cnn.resnet_small(widths=(8, 16, 16))
+    x = torch.rand(4, 1, 16, 16)
+    small = structured.prune_to_share(model, x[:1], 0.5)
+    before, after = removal.filter_layers(model, x[:1]), removal.filter_layers(small, x[:1])
+    assert {n: after[n].n_filters for n in before} == {n: f.n_filters - round(f.n_filters / 2) for n, f in before.items()}
+    assert small(x).shape == (4, 10) and structured.prune_to_share(model, x[:1], 0.0)(x).shape == (4, 10)
+    threads = torch.get_num_threads()
+    seconds = metrics.train_step_seconds(small, x, torch.zeros(4, dtype=torch.long), steps=2, threads=1)
+    assert 0 < seconds < 10 and torch.get_num_threads() == threads  # the caller's thread count is restored

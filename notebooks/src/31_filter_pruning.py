@@ -16,7 +16,9 @@
 # **Claims checked.** (1) a large share of FLOPs (>= 50%) goes with at most 1 point of target
 # accuracy lost after fine-tuning (Taylor); (2) Taylor removes deeper-layer filters first;
 # (3) fine-tuning time per epoch falls as filters are removed; (4) measured speedup stays below the
-# FLOP reduction (the ratio is reported).
+# FLOP reduction (the ratio is reported); (5) Taylor tries to empty a layer more often than (at least
+# some) other criteria (the poster: "it is not uncommon to try to prune all filters in a layer"),
+# counted as the iterations where the loop's `min_filters` guard overrode the criterion's choice.
 #
 # Parameters: `None` takes the profile's value (`prunelab run 31_filter_pruning -p key=value`).
 
@@ -98,7 +100,9 @@ def prune(criterion):
     levels, per_layer = structured.prune_iteratively(model, data, cfg, progress=True)
     return dict(levels=levels, per_layer=per_layer)
 
-results = {c: run.memo("criterion", dict(criterion=c), lambda: prune(c)) for c in tqdm(P.criteria, desc="criteria")}
+# per_layer="wanted_now": a cache written before the loop recorded the criterion's own choice lacks it.
+results = {c: run.memo("criterion", dict(criterion=c, per_layer="wanted_now"), lambda: prune(c))
+           for c in tqdm(P.criteria, desc="criteria")}
 levels = pd.concat([pd.DataFrame(r["levels"]) for r in results.values()], ignore_index=True)
 per_layer = pd.concat([pd.DataFrame(r["per_layer"]) for r in results.values()], ignore_index=True)
 base = levels[levels.level == 0].iloc[0]
@@ -142,10 +146,38 @@ axes[1].invert_xaxis(); axes[1].set_xlabel("FLOPs remaining (fraction)"); axes[1
 run.save_figure(fig, "speedup_and_training_time")
 
 # %% [markdown]
+# ## Where the loop stopped a criterion from emptying a layer
+# Each iteration removes the k = `filters_per_step` lowest scores over all layers, but a layer keeps
+# `min_filters`: where the criterion's k lowest take more of a layer than that allows (`wanted_now` >
+# `removed_now`), the loop's guard overrides it and removes the next-lowest filters elsewhere. One
+# row per iteration and layer where that happened; `would_empty` marks a choice of every filter left.
+# Counting reads the scores only: the pruned nets are the same as without it.
+
+# %%
+per_layer["filters_before"] = per_layer.filters + per_layer.removed_now
+guard = per_layer[per_layer.wanted_now > per_layer.removed_now].assign(
+    would_empty=lambda d: d.wanted_now >= d.filters_before)[
+    ["criterion", "level", "layer", "kind", "filters_before", "wanted_now", "removed_now", "would_empty"]]
+run.save_table("guard_overrides", guard)
+iterations = levels[levels.level > 0].groupby("criterion").size().reindex(P.criteria, fill_value=0)
+by_level = guard.groupby(["criterion", "level"]).would_empty.any().reset_index()
+guard_summary = pd.DataFrame(dict(
+    criterion=P.criteria, iterations=iterations.to_numpy(),
+    overridden=by_level.groupby("criterion").size().reindex(P.criteria, fill_value=0).to_numpy(),
+    would_empty=by_level.groupby("criterion").would_empty.sum().reindex(P.criteria, fill_value=0).to_numpy(),
+    layers=[", ".join(dict.fromkeys(guard[guard.criterion == c].layer.astype(str))) for c in P.criteria]))
+guard_summary["overridden_share"] = guard_summary.overridden / guard_summary.iterations.clip(lower=1)
+run.save_table("guard_by_criterion", guard_summary)
+guard_summary
+
+# %% [markdown]
 # ## Claims
 # Judged on this run's own numbers. "Deeper first": the mean depth (conv index / last index) of
 # the filters Taylor removes in its first quarter of levels, against the mean depth of all filters
 # of the unpruned net (conv filters only: hidden linear units, when pruned, are not feature maps).
+# "Tries to empty a layer": the share of a criterion's iterations in which the guard above overrode
+# it; Taylor's must be above zero and above at least one other criterion's (inconclusive without Taylor
+# or another criterion to compare with).
 
 # %%
 taylor = levels[levels.criterion == "taylor"] if "taylor" in P.criteria else levels[levels.criterion == P.criteria[0]]
@@ -183,6 +215,20 @@ run.record_claim("speedup-below-flop-reduction", "Measured speedup stays below t
                  "; ".join(f"{c}={r:.3f}" for c, r in zip(last.criterion, ratio)),
                  verdict(None if noise["latency_cpu_s"] > 1.5 else bool((ratio < 1).all())),
                  detail=f"unpruned latency varies {noise['latency_cpu_s']:.2f}x between repeats (inconclusive above 1.5x); " + "; ".join(f"{c}: {s:.2f}x speed for {f:.2f}x fewer FLOPs" for c, s, f in zip(last.criterion, last.speedup_cpu, last.flop_reduction)))
+share = guard_summary.set_index("criterion").overridden_share
+others = share.drop(taylor.criterion.iloc[0])
+if taylor.criterion.iloc[0] != "taylor" or others.empty:
+    empties = None  # no Taylor run, or nothing to compare it with
+else:
+    empties = bool(share["taylor"] > 0 and share["taylor"] > others.min())
+run.record_claim("taylor-tries-to-empty-layers", "Taylor tries to empty a layer more often than (at least some) other criteria",
+                 f"share of pruning iterations where the criterion's {P.filters_per_step} lowest scores would leave a layer "
+                 f"under min_filters={P.min_filters} (the guard overrode them); holds if Taylor's share > 0 and > another criterion's",
+                 "; ".join(f"{c}={v:.3f}" for c, v in share.items()), verdict(empties),
+                 detail="; ".join(f"{r.criterion}: {r.overridden} of {r.iterations} iterations"
+                                  f" ({r.would_empty} would empty a layer{': ' + r.layers if r.layers else ''})"
+                                  for r in guard_summary.itertuples())
+                 + ("" if empties is None else f"; Taylor's share is {'the' if share['taylor'] >= others.max() else 'not the'} highest"))
 pd.read_csv(run.path / "claims.csv")[["id", "value", "verdict"]]
 
 # %%

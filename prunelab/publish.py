@@ -73,8 +73,15 @@ def publish_run(run: results.Run) -> list[Path]:
     so the folder holds one run per notebook.  The caller decides whether a run may be published
     (`runner.run_notebook`: only a published profile's own parameters).
     """
+    dest = published_dir(run.params["profile"])
+    # Several notebooks may finish at once (two `prunelab run`s, gather jobs on a cluster): the
+    # manifest, ledger and CLAIMS.md are read-modify-write, so one publisher at a time.
+    with results.file_lock(dest.parent / ".publish.lock"):
+        return _publish_run(run, dest)
+
+
+def _publish_run(run: results.Run, dest: Path) -> list[Path]:
     profile = run.params["profile"]
-    dest = published_dir(profile)
     manifest = read_manifest(dest)
     env = json.loads((run.path / "env.json").read_text())
     entry = {"notebook": run.notebook, "params_hash": run.hash, "profile": profile, "commit": env["git_commit"]}

@@ -48,7 +48,8 @@ def prune_at_init_(model: nn.Module, sparsity: float, *, loss_fn: LossFn, batche
     if criterion not in saliency_fns:
         raise ValueError(f"unknown criterion {criterion!r} for pruning at init; choose one of {', '.join(saliency_fns)}")
     saliency = saliency_fns[criterion](model, names, loss_fn=loss_fn, batches=batches, **context)
-    masks = masks_from_scores(saliency.scores, sparsity, scheme, classes, generator=generator)
+    masks = masks_from_scores(saliency.scores, sparsity, scheme, classes, generator=generator,
+                              weights=dict(model.named_parameters()))
     apply_masks_(model, masks)
     return masks, saliency
 

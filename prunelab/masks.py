@@ -215,6 +215,20 @@ def apply_masks_(model: nn.Module | list[tuple[Tensor, Tensor]], masks: Mapping[
         param.mul_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask)
 
 
+@torch.no_grad()
+def mask_grads_(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """Zero the gradients of the pruned weights in place (``pairs`` from `bind_masks`).
+
+    Call it between ``backward()`` and gradient clipping: a pruned weight's gradient is not
+    part of the masked network's gradient, and left in ``clip_grad_norm_``'s total norm it
+    shrinks the kept weights' steps (at high sparsity most weights are pruned ones).
+    Optimizer steps on their own act entry by entry, so only clipping needs this.
+    """
+    for param, mask in pairs:
+        if param.grad is not None:
+            param.grad.mul_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask)
+
+
 def masked_step_(optimizer: torch.optim.Optimizer, pairs: list[tuple[Tensor, Tensor]]) -> None:
     """One optimizer step, then re-apply the masks so pruned weights stay exactly zero."""
     optimizer.step()

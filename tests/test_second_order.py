@@ -307,6 +307,28 @@ def test_masks_stay_fixed_during_sparse_training(criterion):
     assert M.sparsity_report(model, masks).sparsity.iloc[-1] == pytest.approx(M.n_to_prune(20, 0.6) / 20)
 
 
+def test_gradient_clipping_counts_only_the_kept_weights():
+    """At 90% sparsity an SGD step of lr 1 clipped at c moves the kept weights by exactly c.
+
+    The clipped norm is the masked network's gradient norm; counting the pruned weights'
+    gradients too would shrink the step by ||g_kept|| / ||g_all||.
+    """
+    torch.manual_seed(0)
+    model = nn.Linear(16, 3).double()
+    x, y = data(n=64, d=16, classes=3)
+    masks = {"weight": torch.rand(3, 16, generator=torch.Generator().manual_seed(0)) > 0.9}
+    M.apply_masks_(model, masks)
+    before = [p.detach().clone() for p in model.parameters()]
+    g_weight, g_bias = torch.autograd.grad(ce_loss(model, (x, y)), [model.weight, model.bias])
+    kept_norm = torch.cat([g_weight[masks["weight"]], g_bias]).norm()
+    clip = 1e-3
+    assert kept_norm > 10 * clip and torch.cat([g_weight.flatten(), g_bias]).norm() > 1.5 * kept_norm
+    train_masked_(model, masks, loss_fn=ce_loss, batches=[(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                  clip=clip)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert float(step.norm()) == pytest.approx(clip, rel=1e-4)  # clip_grad_norm_ divides by norm + 1e-6
+
+
 def test_prune_at_init_workflow():
     x, y = data(n=32)
     model = tiny_mlp()

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from prunelab.data.corpus import Corpus, Split
 from prunelab.data.text import PAD, Batch
-from prunelab.masks import Masks, apply_masks_, bind_masks, masked_step_
+from prunelab.masks import Masks, apply_masks_, bind_masks, mask_grads_, masked_step_
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -118,6 +118,7 @@ def _epoch(model, split, opt, config, pairs, generator, amp, desc, progress) -> 
             loss = batch_loss(model, batch)
         loss.backward()
         if config.clip:
+            mask_grads_(pairs)  # the clipped norm is the masked network's
             nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         masked_step_(opt, pairs)
         total += loss.detach() * batch.n_tokens

@@ -307,6 +307,26 @@ def test_masks_stay_fixed_during_sparse_training(criterion):
     assert M.sparsity_report(model, masks).sparsity.iloc[-1] == pytest.approx(M.n_to_prune(20, 0.6) / 20)
 
 
+@pytest.mark.parametrize("estimator", ["hutchinson", "exact"])
+def test_obd_saliency_is_non_negative_where_the_hessian_diagonal_is_not(estimator):
+    """Away from a minimum (a tanh MLP at init) h_kk < 0 for some weights (a third of them here);
+    the signed 0.5 h w^2 would prune the largest of those first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    batches = [data(n=64, d=6, classes=3)]
+    diag, _ = hessian_diagonal(model, loss_fn=ce_loss, batches=batches, estimator=estimator, probes=4)
+    assert float(torch.cat([h.flatten() for h in diag.values()]).lt(0).float().mean()) > 0.15
+    s = obd_saliency(model, loss_fn=ce_loss, batches=batches, estimator=estimator, probes=4).scores
+    params = dict(model.named_parameters())
+    scores = torch.cat([v.flatten() for v in s.values()])
+    w = torch.cat([params[n].detach().abs().flatten() for n in s])
+    first = scores.argsort()[:len(scores) // 10]
+    assert w[first].median() < w.median()  # the first pruned are small weights, not large ones
+    assert bool((scores >= 0).all())
+    for n, h in diag.items():
+        torch.testing.assert_close(s[n], 0.5 * h.abs() * params[n].detach().pow(2))
+
+
 def test_gradient_clipping_counts_only_the_kept_weights():
     """At 90% sparsity an SGD step of lr 1 clipped at c moves the kept weights by exactly c.
 

@@ -402,7 +402,18 @@ def hessian_diagonal(model: nn.Module, names: Iterable[str] | None = None, *, lo
 
 def obd_saliency(model: nn.Module, names: Iterable[str] | None = None, *, loss_fn: LossFn, batches: Iterable[Any],
                  estimator: str = "fisher", max_batches: int | None = None, **options) -> Saliency:
-    """OBD saliency 0.5 * h_kk * w_k^2 (LeCun et al. 1989, eq. 5) of a trained model.
+    """OBD saliency 0.5 * |h_kk| * w_k^2 (LeCun et al. 1989, eq. 5) of a trained model.
+
+    LeCun et al. derive the saliency at a local minimum, where the Hessian is positive
+    semi-definite, so h_kk >= 0 and the saliency is the (non-negative) loss increase of deleting
+    w_k.  Estimates can still come out negative: Hutchinson's z_k (Hz)_k carries off-diagonal
+    terms of either sign, and away from a minimum (an unconverged or tanh network) the exact
+    diagonal has negative entries too.  Signed, a negative h_kk makes the saliency fall as |w_k|
+    grows, so the largest such weights go first.  Clamping at zero would tie every one of them
+    at saliency 0 (a quarter or more of the weights with Hutchinson on a small tanh MLP), which
+    the selection then breaks by parameter order, i.e. prunes by position.  |h_kk| keeps the
+    size of the predicted second-order change, stays >= 0 and leaves the saliency increasing
+    in |w_k| for every h_kk; it equals the clamp wherever the OBD assumption holds.
 
     Args: as `hessian_diagonal`.  Returns: a `Saliency` (``method="obd"``).
 
@@ -416,7 +427,7 @@ def obd_saliency(model: nn.Module, names: Iterable[str] | None = None, *, loss_f
     diag, info = hessian_diagonal(model, names, loss_fn=loss_fn, batches=batches, estimator=estimator,
                                   max_batches=max_batches, **options)
     params = dict(model.named_parameters())
-    scores = {n: 0.5 * h * params[n].detach().pow(2) for n, h in diag.items()}
+    scores = {n: 0.5 * h.abs() * params[n].detach().pow(2) for n, h in diag.items()}
     return Saliency(scores=scores, method="obd", estimator=estimator, examples=info["examples"], batches=info["batches"],
                     probes=info.get("probes", 0), per_example=info.get("per_example", ""),
                     device=str(next(iter(scores.values())).device), seconds=time.perf_counter() - start)

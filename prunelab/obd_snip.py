@@ -76,7 +76,7 @@ def score_trained(method: str, model: nn.Module, classes: dict[str, list[str]], 
         device = next(model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
         return obd_saliency(model, names, loss_fn=nmt.batch_loss, batches=batches or [], estimator=estimator,
-                            probes=probes, generator=gen)
+                            probes=probes, generator=gen, example_weights=nmt.target_tokens)
     raise ValueError(f"score_trained takes magnitude, random or obd, not {method!r} (snip scores at initialisation)")
 
 

@@ -203,6 +203,78 @@ def test_fisher_is_mean_of_per_example_squared_gradients(per_example):
     assert float(g.pow(2).sum()) < float(est["0.weight"].sum())
 
 
+def token_mean_loss(model, batch):
+    """Cross-entropy averaged over the non-padding tokens of a batch of sentences (as nmt.batch_loss)."""
+    x, y = batch
+    return nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+
+
+def sentences(n, seed=0, d=3, classes=3, max_len=8, model=None):
+    """Sentences of 1..max_len tokens (padding -100); labels drawn from ``model`` when given."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, max_len, d, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=g)
+    if model is None:
+        y = torch.randint(0, classes, (n, max_len), generator=g)
+    else:
+        with torch.no_grad():
+            y = torch.multinomial(model(x).softmax(-1).flatten(0, 1), 1, generator=g).view(n, max_len)
+    y[torch.arange(max_len) >= lengths[:, None]] = -100
+    return x, y
+
+
+def tokens(batch):
+    return (batch[1] != -100).sum(1)
+
+
+@pytest.mark.parametrize("per_example", ["vmap", "loop"])
+def test_fisher_weights_sentences_as_the_token_mean_loss_does(per_example):
+    """Sentence i (t_i tokens, NLL s_i) enters the token-mean loss as s_i / T, so its Fisher term
+    is (grad s_i)^2 / T: per-sentence terms t_i l_i / T that sum to the batch loss."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3, bias=False).double()
+    x, y = sentences(9)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    est, info = hessian_diagonal(model, loss_fn=token_mean_loss, batches=batches, estimator="fisher",
+                                 per_example=per_example, example_weights=tokens)
+    assert info["per_example"] == per_example
+    want = torch.zeros_like(model.weight)
+    for xb, yb in batches:
+        t = tokens((xb, yb))
+        terms = [token_mean_loss(model, (xb[i:i + 1], yb[i:i + 1])) * t[i] / t.sum() for i in range(len(xb))]
+        torch.testing.assert_close(sum(terms), token_mean_loss(model, (xb, yb)))  # they sum to the batch loss
+        sq = sum(torch.autograd.grad(c, model.weight)[0].pow(2) for c in terms)
+        want += len(xb) / len(x) * t.sum() * sq  # (1/T) sum (grad s_i)^2, batches weighted by examples
+    torch.testing.assert_close(est["weight"], want)
+
+
+def test_fisher_of_a_token_mean_loss_estimates_its_hessian():
+    """With labels drawn from the model the Fisher's expectation is the Hessian (for softmax
+    regression the Hessian does not depend on the labels): the two estimators agree in scale."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3, bias=False).double()
+    batch = sentences(4000, seed=1, model=model)
+    exact, _ = hessian_diagonal(model, loss_fn=token_mean_loss, batches=[batch], estimator="exact")
+    fisher, _ = hessian_diagonal(model, loss_fn=token_mean_loss, batches=[batch], estimator="fisher",
+                                 example_weights=tokens)
+    torch.testing.assert_close(fisher["weight"], exact["weight"], rtol=0.1, atol=0)
+
+
+def test_fisher_logs_the_fall_back_from_vmap_to_a_loop(caplog):
+    def refuses_vmap(model, batch):  # data-dependent control flow: vmap cannot trace it
+        x, y = batch
+        return ce_loss(model, batch) * (2.0 if float(x.sum()) > 0 else 1.0)
+
+    model = tiny_mlp()
+    with caplog.at_level("WARNING", logger="prunelab.criteria.second_order"):
+        _, info = hessian_diagonal(model, loss_fn=refuses_vmap, batches=[data(n=4), data(n=4, seed=2)],
+                                   estimator="fisher")
+    assert info["per_example"] == "loop"
+    fallbacks = [r for r in caplog.records if "vmap failed" in r.getMessage()]
+    assert len(fallbacks) == 1 and "Error" in fallbacks[0].getMessage()  # names the exception
+    assert fallbacks[0].levelname == "WARNING"
+
+
 class TinyLSTM(nn.Module):
     def __init__(self):
         super().__init__()

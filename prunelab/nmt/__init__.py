@@ -17,6 +17,7 @@ The API other notebooks use (the OBD/SNIP study reuses the same baseline)::
     fresh = nmt.build_model(P, corpus, init="kaiming_normal", seed=0)   # see nmt.INITS
     batch = next(corpus["train"].batches(64, torch.Generator().manual_seed(0)))
     nmt.batch_loss(fresh, batch.to(next(fresh.parameters()).device)).backward()
+    nmt.target_tokens(batch)                  # each sentence's weight in batch_loss (OBD's Fisher)
     base.initial_model()                      # the baseline's own initial weights (uniform +-0.1)
 
 A new notebook sharing the baseline lists ``*nmt.PARAMS`` in its parameters cell (see
@@ -35,8 +36,8 @@ from prunelab.models.seq2seq import INITS, Seq2Seq, Seq2SeqConfig, weight_classe
 from prunelab.nmt.baseline import (BASELINE_KEYS, PARAMS, Baseline, as_dict, baseline, baseline_key, build_model, load_data,
                                    load_state_, prune_masks)
 from prunelab.nmt.evaluate import BleuResult, bleu, bleu_score, translate
-from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity, train_
+from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity, target_tokens, train_
 
 __all__ = ["BASELINE_KEYS", "PARAMS", "Baseline", "BleuResult", "INITS", "Seq2Seq", "Seq2SeqConfig", "TrainConfig", "as_dict",
            "autocast", "baseline", "baseline_key", "batch_loss", "bleu", "bleu_score", "build_model", "load_data",
-           "load_state_", "perplexity", "prune_masks", "train_", "translate", "weight_classes"]
+           "load_state_", "perplexity", "prune_masks", "target_tokens", "train_", "translate", "weight_classes"]

@@ -78,6 +78,15 @@ def batch_loss(model: nn.Module, batch: Batch, reduction: str = "mean") -> torch
                                        reduction=reduction)
 
 
+def target_tokens(batch: Batch) -> torch.Tensor:
+    """Target tokens (``</s>`` included, padding not) of each sentence: shape (B,).
+
+    Each sentence's weight in `batch_loss`, a mean over tokens; OBD's Fisher needs it
+    (``example_weights``, see `prunelab.criteria.second_order.fisher_diagonal`).
+    """
+    return (batch.tgt_out != PAD).sum(1)
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, split: Split, batch_size: int = 128, amp: bool = False) -> float:
     """exp(mean negative log-likelihood per target token, ``</s>`` included) on ``split``.

@@ -84,21 +84,32 @@ def _class_masks(scores: Scores, names: list[str], k: int, previous: Masks | Non
     return {n: m.view(scores[n].shape) for n, m in zip(names, keep)}
 
 
-def _distribution_divisors(scores: Scores, classes: Classes) -> dict[str, Tensor]:
+def _distribution_divisors(scores: Scores, classes: Classes, weights: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     """Each parameter's class sigma: scores / sigma_c make pruning below lambda*sigma_c one threshold.
 
-    See et al. prune weights with magnitude below lambda * sigma_c, sigma_c the standard
-    deviation of class c.  For magnitude scores of zero-mean weights sigma_c equals the root
-    mean square of the scores, which is what is used here for any criterion.  The division
-    happens chunk by chunk (in float64, then float32) inside `prunelab.selection`.
+    See et al. (2016, sec. 3.3) prune the weights of class c with magnitude below lambda * sigma_c,
+    sigma_c the standard deviation of class c's weights.  That is the standard deviation of the
+    signed weight values, not the spread of their scores: it differs from the root mean square
+    of the magnitudes whenever the class's mean weight is not zero.  The population standard
+    deviation (divide by N_c): a class is all of its weights, not a sample of them.  Computed
+    in float64 in two passes (mean, then squared deviations) without concatenating the class;
+    the division happens chunk by chunk inside `prunelab.selection`.
     """
+    if weights is None:
+        raise ValueError("class-distribution needs the weights: sigma_c is the standard deviation of each class's "
+                         "weights (See et al. 2016); pass weights=dict(model.named_parameters())")
     out = {}
     for names in classes.values():
-        sq = sum(scores[n].detach().double().pow(2).sum() for n in names)
-        count = sum(scores[n].numel() for n in names)
-        sigma = (sq / count).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+        missing = [n for n in names if n not in weights or tuple(weights[n].shape) != tuple(scores[n].shape)]
+        if missing:
+            raise KeyError(f"class-distribution: no weights shaped like the scores of {missing}")
+        flats = [weights[n].detach().reshape(-1).double() for n in names]
+        count = sum(w.numel() for w in flats)
+        mean = sum(w.sum() for w in flats) / count
+        var = sum((w - mean).pow(2).sum() for w in flats) / count
+        sigma = var.sqrt().clamp_min(torch.finfo(torch.float32).tiny)
         for n in names:
-            out[n] = sigma
+            out[n] = sigma.to(scores[n].device)
     return out
 
 
@@ -109,6 +120,7 @@ def masks_from_scores(
     classes: Mapping[str, Iterable[str]] | None = None,
     previous: Masks | None = None,
     generator: torch.Generator | None = None,
+    weights: Mapping[str, Tensor] | None = None,
 ) -> Masks:
     """Masks that prune the lowest-scored fraction ``sparsity`` of the classed weights.
 
@@ -123,6 +135,9 @@ def masks_from_scores(
         previous: masks of an earlier round; weights pruned there stay pruned and count
             towards ``sparsity`` (iterative pruning only removes).
         generator: RNG for ``random`` (on the scores' device).
+        weights: name -> weight tensor (a superset of the classed names, e.g.
+            ``dict(model.named_parameters())``); ``class-distribution`` needs them for sigma_c,
+            the standard deviation of each class's weights.
 
     Returns:
         Masks for every parameter named in ``classes``; exactly ``n_to_prune(N, sparsity)``
@@ -130,8 +145,10 @@ def masks_from_scores(
         had already pruned more.
 
     Raises:
-        ValueError: sparsity outside [0, 1), an unknown scheme, NaN scores.
-        KeyError: a class names a parameter without a score.
+        ValueError: sparsity outside [0, 1), an unknown scheme, NaN scores, class-distribution
+            without ``weights``.
+        KeyError: a class names a parameter without a score (or, for class-distribution,
+            without a weight of the same shape).
 
     >>> w = {"w": torch.tensor([0.3, -0.1, 0.2, 0.0])}
     >>> masks_from_scores({"w": w["w"].abs()}, 0.5)["w"].tolist()
@@ -148,7 +165,7 @@ def masks_from_scores(
         scores = {
             n: torch.rand(s.shape, generator=generator, device=s.device) for n, s in scores.items()
         }
-    divisors = _distribution_divisors(scores, classes) if scheme == "class-distribution" else None
+    divisors = _distribution_divisors(scores, classes, weights) if scheme == "class-distribution" else None
     if scheme == "class-uniform":
         masks: Masks = {}
         for names in classes.values():
@@ -196,6 +213,20 @@ def apply_masks_(model: nn.Module | list[tuple[Tensor, Tensor]], masks: Mapping[
     for param, mask in pairs:
         # Same values as mul_(mask); the uint8 view takes the vectorised path (bool is ~10x slower on the CPU).
         param.mul_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask)
+
+
+@torch.no_grad()
+def mask_grads_(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """Zero the gradients of the pruned weights in place (``pairs`` from `bind_masks`).
+
+    Call it between ``backward()`` and gradient clipping: a pruned weight's gradient is not
+    part of the masked network's gradient, and left in ``clip_grad_norm_``'s total norm it
+    shrinks the kept weights' steps (at high sparsity most weights are pruned ones).
+    Optimizer steps on their own act entry by entry, so only clipping needs this.
+    """
+    for param, mask in pairs:
+        if param.grad is not None:
+            param.grad.mul_(mask.view(torch.uint8) if mask.dtype == torch.bool else mask)
 
 
 def masked_step_(optimizer: torch.optim.Optimizer, pairs: list[tuple[Tensor, Tensor]]) -> None:

@@ -79,15 +79,20 @@ def score_trained(method: str, model: nn.Module, classes: dict[str, list[str]], 
         device = next(model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
         return obd_saliency(model, names, loss_fn=nmt.batch_loss, batches=batches or [], estimator=estimator,
-                            probes=probes, generator=gen)
+                            probes=probes, generator=gen, example_weights=nmt.target_tokens)
     raise ValueError(f"score_trained takes magnitude, random or obd, not {method!r} (snip scores at initialisation)")
 
 
 def masks_for(saliency: Saliency, sparsity: float, classes: dict[str, list[str]], scheme: str = "class-blind",
-              seed: int = 0) -> Masks:
-    """Masks from a saliency's scores (computed on the CPU so every device gives the same masks)."""
+              seed: int = 0, model: nn.Module | None = None) -> Masks:
+    """Masks from a saliency's scores (computed on the CPU so every device gives the same masks).
+
+    ``model`` (the scored one) gives class-distribution its sigma_c; other schemes ignore it.
+    """
     scores = {n: s.detach().cpu() for n, s in saliency.scores.items()}
-    masks = masks_from_scores(scores, sparsity, scheme, classes, generator=torch.Generator().manual_seed(seed))
+    weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in scores} if model is not None else None
+    masks = masks_from_scores(scores, sparsity, scheme, classes, generator=torch.Generator().manual_seed(seed),
+                              weights=weights)
     device = next(iter(saliency.scores.values())).device
     return {n: m.to(device) for n, m in masks.items()}
 

@@ -64,9 +64,15 @@ class Polynomial:
     """Automated gradual pruning (Zhu & Gupta 2017, Eq. 1).
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** power for t in [t0, t0 + n*dt],
-    updated every ``frequency`` (dt) steps; s_i before t0 and s_f after.
+    updated every ``frequency`` (dt) steps; s_i before t0 and s_f after.  Zhu & Gupta's last
+    update falls on t0 + n*dt, where s_f is reached; here that step is ``end`` even when
+    ``end - begin`` is not a multiple of ``frequency``: the updates fall on begin + k*dt before
+    ``end`` and on ``end`` itself (a shorter last interval), so s_f is never reached late;
+    when the interval divides, these are exactly Zhu & Gupta's update steps.
 
     >>> Polynomial(0.9, begin=0, end=100).sparsity_at(100)
+    0.9
+    >>> Polynomial(0.9, begin=0, end=100, frequency=30).sparsity_at(100)
     0.9
     """
 
@@ -87,10 +93,12 @@ class Polynomial:
 
     def sparsity_at(self, step: int) -> float:
         t = _check_step(step)
-        if t < self.begin:
+        if t >= self.end:
+            return self.target
+        updates = max(0, t - self.begin) // self.frequency
+        if updates == 0:  # s_i exactly: the formula gives it only up to rounding
             return self.initial
-        t = min(self.begin + (t - self.begin) // self.frequency * self.frequency, self.end)
-        progress = (t - self.begin) / (self.end - self.begin)
+        progress = updates * self.frequency / (self.end - self.begin)
         return self.target + (self.initial - self.target) * (1.0 - progress) ** self.power
 
 

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.criteria.second_order import LossFn, Saliency, obd_saliency, snip_saliency, to_device
-from prunelab.masks import Masks, apply_masks_, bind_masks, check_sparsity, masked_step_, masks_from_scores
+from prunelab.masks import (Masks, apply_masks_, bind_masks, check_sparsity, mask_grads_, masked_step_,
+                            masks_from_scores)
 
 
 def prune_at_init_(model: nn.Module, sparsity: float, *, loss_fn: LossFn, batches: Iterable[Any],
@@ -48,7 +49,8 @@ def prune_at_init_(model: nn.Module, sparsity: float, *, loss_fn: LossFn, batche
     if criterion not in saliency_fns:
         raise ValueError(f"unknown criterion {criterion!r} for pruning at init; choose one of {', '.join(saliency_fns)}")
     saliency = saliency_fns[criterion](model, names, loss_fn=loss_fn, batches=batches, **context)
-    masks = masks_from_scores(saliency.scores, sparsity, scheme, classes, generator=generator)
+    masks = masks_from_scores(saliency.scores, sparsity, scheme, classes, generator=generator,
+                              weights=dict(model.named_parameters()))
     apply_masks_(model, masks)
     return masks, saliency
 
@@ -78,6 +80,7 @@ def train_masked_(model: nn.Module, masks: Mapping[str, Tensor], *, loss_fn: Los
         loss = loss_fn(model, batch)
         loss.backward()
         if clip is not None:
+            mask_grads_(pairs)  # the clipped norm is the masked network's
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         masked_step_(optimizer, pairs)
         losses.append(float(loss.detach()))

@@ -55,11 +55,13 @@ def path(request, monkeypatch):
 def test_masks_identical_on_device(path, scheme):
     scores = scores_with_ties()
     classes = {"x": ["a", "c"], "y": ["b"]}
-    prev_cpu = masks.masks_from_scores(scores, 0.3, scheme, classes)
-    prev_dev = masks.masks_from_scores(on(DEVICE, scores), 0.3, scheme, classes)
+    weights = {n: s - s.mean() / 2 for n, s in scores.items()}  # a non-zero mean: sigma_c is not the RMS
+    prev_cpu = masks.masks_from_scores(scores, 0.3, scheme, classes, weights=weights)
+    prev_dev = masks.masks_from_scores(on(DEVICE, scores), 0.3, scheme, classes, weights=on(DEVICE, weights))
     for s in (0.3, 0.55, 0.9):
-        cpu = masks.masks_from_scores(scores, s, scheme, classes, previous=prev_cpu)
-        dev = masks.masks_from_scores(on(DEVICE, scores), s, scheme, classes, previous=prev_dev)
+        cpu = masks.masks_from_scores(scores, s, scheme, classes, previous=prev_cpu, weights=weights)
+        dev = masks.masks_from_scores(on(DEVICE, scores), s, scheme, classes, previous=prev_dev,
+                                      weights=on(DEVICE, weights))
         assert all(m.device.type == DEVICE and m.dtype == torch.bool for m in dev.values())
         assert all(torch.equal(cpu[n], dev[n].cpu()) for n in cpu)
 

@@ -43,7 +43,8 @@ def test_class_uniform_equals_l1_unstructured_at_exact_halves(n):
 def test_achieved_count_is_exact(scheme, sparsity):
     model = small_model()
     scores = criteria.magnitude(model)
-    m = masks.masks_from_scores(scores, sparsity, scheme, generator=torch.Generator().manual_seed(0))
+    m = masks.masks_from_scores(scores, sparsity, scheme, generator=torch.Generator().manual_seed(0),
+                                weights=dict(model.named_parameters()))
     if scheme == "class-uniform":
         for name, mask in m.items():
             assert (~mask).sum().item() == masks.n_to_prune(mask.numel(), sparsity), name
@@ -83,18 +84,41 @@ def test_class_uniform_equals_torch_l1_unstructured_per_parameter():
 def test_class_distribution_hits_target_and_thresholds_by_sigma():
     torch.manual_seed(0)
     # Two classes whose weights have very different spreads: sigma scaling must matter.
-    scores = {"wide": torch.randn(400).abs() * 10, "narrow": torch.randn(600).abs()}
-    m = masks.masks_from_scores(scores, 0.6, "class-distribution")
+    weights = {"wide": torch.randn(400) * 10, "narrow": torch.randn(600)}
+    scores = {k: w.abs() for k, w in weights.items()}
+    m = masks.masks_from_scores(scores, 0.6, "class-distribution", weights=weights)
     assert sum((~v).sum().item() for v in m.values()) == 600
     frac = {k: (~v).float().mean().item() for k, v in m.items()}
     blind = masks.masks_from_scores(scores, 0.6, "class-blind")
     assert frac["wide"] == pytest.approx(frac["narrow"], abs=0.1)  # same lambda in sigma units
     assert (~blind["narrow"]).float().mean() > 0.9  # class-blind empties the small-magnitude class
     # One lambda: every pruned weight is below every kept weight once divided by its class sigma.
-    sigma = {k: s.pow(2).mean().sqrt() for k, s in scores.items()}
+    sigma = {k: w.std(correction=0) for k, w in weights.items()}
     pruned = torch.cat([scores[k][~m[k]] / sigma[k] for k in scores])
     kept = torch.cat([scores[k][m[k]] / sigma[k] for k in scores])
     assert pruned.max() <= kept.min()
+
+
+def test_class_distribution_sigma_is_the_std_of_the_weights_not_the_rms_of_the_scores():
+    """See et al.'s sigma_c is the standard deviation of class c's weights.
+
+    Class "shifted" has weights around 3 with spread 0.1 (std 0.1, RMS about 3), class "centred"
+    zero-mean weights with std 1.  In std units the shifted class's magnitudes (about 30 sigma)
+    lie far above all of the centred class's (below 4 sigma), so pruning 700 of the 1000 empties
+    the centred class and takes the 200 smallest shifted weights.  In RMS units (about 1 for both
+    classes, the shifted ones within a few percent of 1) the centred class would keep about a third.
+    """
+    g = torch.Generator().manual_seed(0)
+    weights = {"shifted": 3 + 0.1 * torch.randn(500, generator=g), "centred": torch.randn(500, generator=g)}
+    scores = {k: w.abs() for k, w in weights.items()}
+    m = masks.masks_from_scores(scores, 0.7, "class-distribution", weights=weights)
+    assert (~m["centred"]).all() and (~m["shifted"]).sum().item() == 200
+    in_sigmas = {k: (scores[k].double() / weights[k].double().std(correction=0)).float() for k in m}
+    lam = torch.cat([in_sigmas[k][~m[k]] for k in m]).max()
+    for k in m:  # pruned exactly where |w| <= lambda * sigma_c, sigma_c the population std
+        assert torch.equal(~m[k], in_sigmas[k] <= lam)
+    with pytest.raises(ValueError, match="needs the weights"):
+        masks.masks_from_scores(scores, 0.7, "class-distribution")
 
 
 def test_random_scheme_is_reproducible_with_a_generator():
@@ -113,7 +137,8 @@ def test_masks_are_monotone_across_iterative_rounds(scheme):
     for sparsity in (0.2, 0.4, 0.6, 0.8):
         # New scores each round (as after retraining): a weight pruned earlier must stay pruned.
         scores = criteria.random_scores(model, generator=gen)
-        m = masks.masks_from_scores(scores, sparsity, scheme, previous=previous, generator=gen)
+        m = masks.masks_from_scores(scores, sparsity, scheme, previous=previous, generator=gen,
+                                    weights=dict(model.named_parameters()))
         if previous is not None:
             assert all(not (m[k] & ~previous[k]).any() for k in m)
         total = sum(v.numel() for v in m.values())

@@ -41,3 +41,19 @@ def test_polynomial_is_monotone():
 def test_bad_schedules(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("begin", [0, 3, 10])
+@pytest.mark.parametrize("length", [1, 2, 7, 30, 99, 100])
+@pytest.mark.parametrize("frequency", [1, 2, 3, 7, 30, 64, 200])
+def test_polynomial_reaches_target_exactly_at_end(begin, length, frequency):
+    """Zhu & Gupta reach s_f at t0 + n*dt: the final sparsity at ``end``, whatever the frequency."""
+    end = begin + length
+    s = Polynomial(0.9, begin=begin, end=end, initial=0.1, frequency=frequency)
+    values = [s.sparsity_at(t) for t in range(end + 2 * frequency + 1)]
+    assert values[end] == 0.9 and values[end - 1] < 0.9
+    assert values == sorted(values)
+    assert values[:begin + 1] == [0.1] * (begin + 1)
+    if length % frequency == 0:  # the interval divides: the update steps are Zhu & Gupta's, as before
+        assert values[begin + frequency:end + 1:frequency] == [0.9 + (0.1 - 0.9) * (1 - k * frequency / length) ** 3
+                                                               for k in range(1, length // frequency + 1)]

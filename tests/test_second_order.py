@@ -203,6 +203,78 @@ def test_fisher_is_mean_of_per_example_squared_gradients(per_example):
     assert float(g.pow(2).sum()) < float(est["0.weight"].sum())
 
 
+def token_mean_loss(model, batch):
+    """Cross-entropy averaged over the non-padding tokens of a batch of sentences (as nmt.batch_loss)."""
+    x, y = batch
+    return nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+
+
+def sentences(n, seed=0, d=3, classes=3, max_len=8, model=None):
+    """Sentences of 1..max_len tokens (padding -100); labels drawn from ``model`` when given."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, max_len, d, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, max_len + 1, (n,), generator=g)
+    if model is None:
+        y = torch.randint(0, classes, (n, max_len), generator=g)
+    else:
+        with torch.no_grad():
+            y = torch.multinomial(model(x).softmax(-1).flatten(0, 1), 1, generator=g).view(n, max_len)
+    y[torch.arange(max_len) >= lengths[:, None]] = -100
+    return x, y
+
+
+def tokens(batch):
+    return (batch[1] != -100).sum(1)
+
+
+@pytest.mark.parametrize("per_example", ["vmap", "loop"])
+def test_fisher_weights_sentences_as_the_token_mean_loss_does(per_example):
+    """Sentence i (t_i tokens, NLL s_i) enters the token-mean loss as s_i / T, so its Fisher term
+    is (grad s_i)^2 / T: per-sentence terms t_i l_i / T that sum to the batch loss."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3, bias=False).double()
+    x, y = sentences(9)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    est, info = hessian_diagonal(model, loss_fn=token_mean_loss, batches=batches, estimator="fisher",
+                                 per_example=per_example, example_weights=tokens)
+    assert info["per_example"] == per_example
+    want = torch.zeros_like(model.weight)
+    for xb, yb in batches:
+        t = tokens((xb, yb))
+        terms = [token_mean_loss(model, (xb[i:i + 1], yb[i:i + 1])) * t[i] / t.sum() for i in range(len(xb))]
+        torch.testing.assert_close(sum(terms), token_mean_loss(model, (xb, yb)))  # they sum to the batch loss
+        sq = sum(torch.autograd.grad(c, model.weight)[0].pow(2) for c in terms)
+        want += len(xb) / len(x) * t.sum() * sq  # (1/T) sum (grad s_i)^2, batches weighted by examples
+    torch.testing.assert_close(est["weight"], want)
+
+
+def test_fisher_of_a_token_mean_loss_estimates_its_hessian():
+    """With labels drawn from the model the Fisher's expectation is the Hessian (for softmax
+    regression the Hessian does not depend on the labels): the two estimators agree in scale."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3, bias=False).double()
+    batch = sentences(4000, seed=1, model=model)
+    exact, _ = hessian_diagonal(model, loss_fn=token_mean_loss, batches=[batch], estimator="exact")
+    fisher, _ = hessian_diagonal(model, loss_fn=token_mean_loss, batches=[batch], estimator="fisher",
+                                 example_weights=tokens)
+    torch.testing.assert_close(fisher["weight"], exact["weight"], rtol=0.1, atol=0)
+
+
+def test_fisher_logs_the_fall_back_from_vmap_to_a_loop(caplog):
+    def refuses_vmap(model, batch):  # data-dependent control flow: vmap cannot trace it
+        x, y = batch
+        return ce_loss(model, batch) * (2.0 if float(x.sum()) > 0 else 1.0)
+
+    model = tiny_mlp()
+    with caplog.at_level("WARNING", logger="prunelab.criteria.second_order"):
+        _, info = hessian_diagonal(model, loss_fn=refuses_vmap, batches=[data(n=4), data(n=4, seed=2)],
+                                   estimator="fisher")
+    assert info["per_example"] == "loop"
+    fallbacks = [r for r in caplog.records if "vmap failed" in r.getMessage()]
+    assert len(fallbacks) == 1 and "Error" in fallbacks[0].getMessage()  # names the exception
+    assert fallbacks[0].levelname == "WARNING"
+
+
 class TinyLSTM(nn.Module):
     def __init__(self):
         super().__init__()
@@ -305,6 +377,48 @@ def test_masks_stay_fixed_during_sparse_training(criterion):
         assert bool((params[n][~m] == 0).all())
         assert not torch.equal(params[n][m], before[n][m])
     assert M.sparsity_report(model, masks).sparsity.iloc[-1] == pytest.approx(M.n_to_prune(20, 0.6) / 20)
+
+
+@pytest.mark.parametrize("estimator", ["hutchinson", "exact"])
+def test_obd_saliency_is_non_negative_where_the_hessian_diagonal_is_not(estimator):
+    """Away from a minimum (a tanh MLP at init) h_kk < 0 for some weights (a third of them here);
+    the signed 0.5 h w^2 would prune the largest of those first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    batches = [data(n=64, d=6, classes=3)]
+    diag, _ = hessian_diagonal(model, loss_fn=ce_loss, batches=batches, estimator=estimator, probes=4)
+    assert float(torch.cat([h.flatten() for h in diag.values()]).lt(0).float().mean()) > 0.15
+    s = obd_saliency(model, loss_fn=ce_loss, batches=batches, estimator=estimator, probes=4).scores
+    params = dict(model.named_parameters())
+    scores = torch.cat([v.flatten() for v in s.values()])
+    w = torch.cat([params[n].detach().abs().flatten() for n in s])
+    first = scores.argsort()[:len(scores) // 10]
+    assert w[first].median() < w.median()  # the first pruned are small weights, not large ones
+    assert bool((scores >= 0).all())
+    for n, h in diag.items():
+        torch.testing.assert_close(s[n], 0.5 * h.abs() * params[n].detach().pow(2))
+
+
+def test_gradient_clipping_counts_only_the_kept_weights():
+    """At 90% sparsity an SGD step of lr 1 clipped at c moves the kept weights by exactly c.
+
+    The clipped norm is the masked network's gradient norm; counting the pruned weights'
+    gradients too would shrink the step by ||g_kept|| / ||g_all||.
+    """
+    torch.manual_seed(0)
+    model = nn.Linear(16, 3).double()
+    x, y = data(n=64, d=16, classes=3)
+    masks = {"weight": torch.rand(3, 16, generator=torch.Generator().manual_seed(0)) > 0.9}
+    M.apply_masks_(model, masks)
+    before = [p.detach().clone() for p in model.parameters()]
+    g_weight, g_bias = torch.autograd.grad(ce_loss(model, (x, y)), [model.weight, model.bias])
+    kept_norm = torch.cat([g_weight[masks["weight"]], g_bias]).norm()
+    clip = 1e-3
+    assert kept_norm > 10 * clip and torch.cat([g_weight.flatten(), g_bias]).norm() > 1.5 * kept_norm
+    train_masked_(model, masks, loss_fn=ce_loss, batches=[(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                  clip=clip)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert float(step.norm()) == pytest.approx(clip, rel=1e-4)  # clip_grad_norm_ divides by norm + 1e-6
 
 
 def test_prune_at_init_workflow():

@@ -96,12 +96,13 @@ def test_bracket_miss_and_bisection_are_exact(tiny_chunks, monkeypatch):
 
 @pytest.mark.parametrize("scheme", ["class-uniform", "class-distribution"])
 def test_streamed_schemes_equal_unstreamed(tiny_chunks, monkeypatch, scheme):
-    scores = {n: s.abs() for n, s in make_scores("continuous", 2).items()}
+    weights = make_scores("continuous", 2)
+    scores = {n: s.abs() for n, s in weights.items()}
     classes = {"x": ["p0", "p2"], "y": ["p1", "p3"]}
-    got = M.masks_from_scores(scores, 0.6, scheme, classes)
+    got = M.masks_from_scores(scores, 0.6, scheme, classes, weights=weights)
     monkeypatch.setattr(selection, "CAP", 1 << 22)
     monkeypatch.setattr(selection, "CHUNK", {"cpu": 1 << 20, "cuda": 1 << 20})
-    want = M.masks_from_scores(scores, 0.6, scheme, classes)
+    want = M.masks_from_scores(scores, 0.6, scheme, classes, weights=weights)
     assert all(torch.equal(got[n], want[n]) for n in scores)
 
 

@@ -139,6 +139,30 @@ def test_masked_training_keeps_pruned_lstm_weights_zero(corpus):
         assert torch.equal(after, nmt.load_state_(fresh, model.state_dict())(*args))
 
 
+def test_masked_training_clips_the_masked_networks_gradient(corpus):
+    """At 90% sparsity one SGD step of lr 1 clipped at c moves the weights by exactly c: the
+    clipped norm counts only kept weights (the pruned ones' gradients would shrink the step)."""
+    import importlib
+
+    nmt_train = importlib.import_module("prunelab.nmt.train")
+    model = nmt.build_model(TINY_PARAMS, corpus)
+    model.generator.bias.requires_grad_(False)  # at init its gradient dwarfs every weight's
+    m = nmt.prune_masks(model, 0.9, "random")  # pruned weights with gradients as large as the kept ones'
+    pairs = masks.bind_masks(model, m)
+    masks.apply_masks_(pairs)
+    config = nmt.TrainConfig(optimizer="sgd", lr=1.0, batch_size=4, clip=1e-4, max_steps=1)
+    batch = next(corpus["train"].batches(config.batch_size, torch.Generator().manual_seed(0)))  # _epoch's first
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(nmt.batch_loss(model, batch), [p for _, p in named])
+    kept = torch.cat([(g[m[n]] if n in m else g).flatten() for (n, _), g in zip(named, grads)]).norm()
+    assert kept > 10 * config.clip and torch.cat([g.flatten() for g in grads]).norm() > 1.5 * kept
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD([p for _, p in named], lr=config.lr)
+    nmt_train._epoch(model, corpus["train"], opt, config, pairs, torch.Generator().manual_seed(0), False, "", False)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert float(step.norm()) == pytest.approx(config.clip, rel=1e-3)  # clip_grad_norm_ divides by norm + 1e-6
+
+
 def test_prune_masks_bad_input(corpus):
     model = nmt.build_model(TINY_PARAMS, corpus)
     with pytest.raises(ValueError, match="sparsity=1.5"):

@@ -71,7 +71,8 @@ def evaluate(seed, scheme, sparsity, retrain):
     model = models.mlp([64, *P.hidden, 10])
     model.load_state_dict(dense[seed])
     scores = criteria.magnitude(model)
-    m = masks.masks_from_scores(scores, sparsity, scheme, generator=torch.Generator().manual_seed(seed))
+    m = masks.masks_from_scores(scores, sparsity, scheme, generator=torch.Generator().manual_seed(seed),
+                                weights=dict(model.named_parameters()))
     masks.apply_masks_(model, m)
     if retrain:
         train.train_classifier_(model, data["x_train"], data["y_train"], epochs=P.retrain_epochs, lr=P.lr / 10,

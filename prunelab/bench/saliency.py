@@ -15,7 +15,7 @@ from prunelab.criteria import second_order
 from prunelab.criteria.filters import taylor
 from prunelab.models.cnn import alexnet_small
 from prunelab.models.seq2seq import Seq2Seq, Seq2SeqConfig
-from prunelab.nmt.train import batch_loss
+from prunelab.nmt.train import batch_loss, target_tokens
 from prunelab.removal import filter_layers
 
 
@@ -69,7 +69,7 @@ def _second_order_rows(cfg: BenchConfig, repeats: int, probes: int = 4) -> list[
                                                                 estimator="hutchinson", probes=probes),
                plain1=_plain(model, fisher_batches, batch_loss),
                fisher=lambda: second_order.hessian_diagonal(model, loss_fn=batch_loss, batches=fisher_batches,
-                                                            estimator="fisher"))
+                                                            estimator="fisher", example_weights=target_tokens))
     t = time_calls(fns, cfg.device, repeats=repeats)
     cost = second_order.hutchinson_cost(model, loss_fn=batch_loss, batch=batches[0], probes=probes, repeats=repeats)
     central = second_order.hutchinson_cost(model, loss_fn=batch_loss, batch=batches[0], probes=probes, repeats=repeats,
@@ -77,7 +77,8 @@ def _second_order_rows(cfg: BenchConfig, repeats: int, probes: int = 4) -> list[
     snip = paired_ratio(t, "snip", "plain")
     hutch_total = paired_ratio(t, "hutchinson", "plain")
     fisher = paired_ratio(t, "fisher", "plain1")
-    info = second_order.hessian_diagonal(model, loss_fn=batch_loss, batches=fisher_batches, estimator="fisher")[1]
+    info = second_order.hessian_diagonal(model, loss_fn=batch_loss, batches=fisher_batches, estimator="fisher",
+                                         example_weights=target_tokens)[1]
     return [
         entry("3 saliency", case, "SNIP / forward+backward", snip, "", None, None, "", None, "one gradient per batch"),
         entry("3 saliency", case, "empirical Fisher / forward+backward", fisher, "", None, None, "", None,

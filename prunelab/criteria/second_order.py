@@ -9,9 +9,10 @@ refuse backward in eval mode and have no double backward.
 
 OBD needs the Hessian diagonal h_kk; three estimators are offered (`HESSIAN_ESTIMATORS`):
 
-- ``fisher``: the empirical Fisher, the mean over *examples* of the squared per-example
-  gradient (torch.func vmap, or a per-example loop where vmap fails).  Squaring a gradient
-  summed over a batch is a different quantity that goes to zero at a minimum.
+- ``fisher``: the empirical Fisher of the same loss, from squared per-example gradients
+  (torch.func vmap, or a per-example loop where vmap fails); ``example_weights`` says how
+  a batch's loss weighs its examples (e.g. target tokens for a token-mean loss).  Squaring a
+  gradient summed over a batch is a different quantity that goes to zero at a minimum.
 - ``hutchinson``: E[z * Hz] over Rademacher vectors z, with Hessian-vector products by
   double backward; ``probes`` vectors per batch.
 - ``exact``: the diagonal from one Hessian-vector product per weight; tiny models only.
@@ -23,6 +24,7 @@ Each ``*_saliency`` function returns a `Saliency` (scores plus how much data mad
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import warnings
@@ -38,6 +40,8 @@ from torch.utils import _pytree as pytree
 from prunelab.criteria.unstructured import _select
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+ExampleWeights = Callable[[Any], Tensor]
+log = logging.getLogger(__name__)
 PER_EXAMPLE = ("auto", "vmap", "loop")
 MAX_EXACT = 4096  # weights; the exact diagonal costs one backward pass per weight
 
@@ -169,7 +173,7 @@ class _LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size):
+def _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size, weights):
     from torch.func import functional_call, grad, vmap
 
     wrapper = _LossModule(model, loss_fn)
@@ -184,37 +188,67 @@ def _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size):
     with warnings.catch_warnings():  # LSTMs run under vmap through a slower fallback; the result is exact
         warnings.filterwarnings("ignore", message="There is a performance drop")
         g = vmap(grad(loss_one), in_dims=(None, *dims), chunk_size=chunk_size)(detached, *leaves)
-    return {n: g[f"model.{n}"].pow(2).sum(0) for n in params}
+    if weights is None:
+        return {n: g[f"model.{n}"].pow(2).sum(0) for n in params}
+    scale = {n: weights.to(device=p.device, dtype=p.dtype).view(-1, *[1] * p.ndim) for n, p in params.items()}
+    return {n: (g[f"model.{n}"] * scale[n]).pow(2).sum(0) for n in params}
 
 
-def _sq_grads_loop(model, params, loss_fn, batch, example_dim):
+def _sq_grads_loop(model, params, loss_fn, batch, example_dim, weights):
     leaves, rebuild, dims = _leaf_dims(batch, example_dim)
     total = None
     for i in range(count_examples(batch, example_dim)):
         example = [x.narrow(d, i, 1) if d is not None else x for x, d in zip(leaves, dims)]
         grads = torch.autograd.grad(loss_fn(model, rebuild(example)), list(params.values()))
-        total = _accumulate(total, {n: g.pow(2) for n, g in zip(params, grads)})
+        w = 1.0 if weights is None else float(weights[i])
+        total = _accumulate(total, {n: (g * w).pow(2) for n, g in zip(params, grads)})
     return total
 
 
-def fisher_diagonal(model, params, loss_fn, batches, *, example_dim=0, per_example="auto", chunk_size=None, **_):
-    """Empirical Fisher diagonal: mean over examples of squared per-example gradients."""
+def _batch_example_weights(example_weights: ExampleWeights | None, batch, n: int) -> Tensor | None:
+    if example_weights is None:
+        return None
+    w = torch.as_tensor(example_weights(batch)).detach()
+    if w.shape != (n,) or not bool((w > 0).all()):
+        raise ValueError(f"example_weights gave {tuple(w.shape)} values for a batch of {n} examples; "
+                         f"it must give one positive weight per example")
+    return w.double()
+
+
+def fisher_diagonal(model, params, loss_fn, batches, *, example_dim=0, per_example="auto", chunk_size=None,
+                    example_weights=None, **_):
+    """Empirical Fisher diagonal of the loss whose Hessian `hutchinson_diagonal` estimates.
+
+    A batch's loss is taken to be L = sum_i t_i l_i / T: l_i = ``loss_fn`` on example i alone,
+    t_i = ``example_weights(batch)[i]`` (default 1: the mean over examples) and T = sum_i t_i.
+    For a token-mean loss t_i is example i's target-token count and t_i l_i its negative
+    log-likelihood s_i, so the per-example terms t_i l_i / T sum exactly to L.  The Fisher
+    identity stands a whole example's log-likelihood in for its Hessian, H(s_i) ~ grad s_i
+    grad s_i^T, so H(L) ~ (1/T) sum_i (t_i grad l_i)^2 = T sum_i (grad of the i-th term)^2.
+    Squaring grad l_i = grad s_i / t_i alone would weigh (grad s_i)^2 by 1/t_i^2 where H(L)
+    weighs H(s_i) by 1/T: long sentences would count for too little.  Batches then combine
+    as in `hutchinson_diagonal`: weighted by their example counts.
+    """
     if per_example not in PER_EXAMPLE:
         raise ValueError(f"per_example={per_example!r}; choose one of {', '.join(PER_EXAMPLE)}")
     total, examples, n_batches, path = None, 0, 0, "loop" if per_example == "loop" else per_example
     for batch in batches:
+        n = count_examples(batch, example_dim)
+        weights = _batch_example_weights(example_weights, batch, n)
         if path in ("auto", "vmap"):
             try:
-                part = _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size)
+                part = _sq_grads_vmap(model, params, loss_fn, batch, example_dim, chunk_size, weights)
                 path = "vmap"
-            except Exception:  # noqa: BLE001 - some models (packed RNNs, data-dependent control flow) refuse vmap
+            except Exception as exc:  # noqa: BLE001 - packed RNNs, data-dependent control flow refuse vmap
                 if path == "vmap":
                     raise
+                log.warning("Fisher diagonal: vmap failed (%s: %s); per-example gradients by a loop instead",
+                            type(exc).__name__, exc)
                 path = "loop"
         if path == "loop":
-            part = _sq_grads_loop(model, params, loss_fn, batch, example_dim)
-        total = _accumulate(total, part)
-        examples += count_examples(batch, example_dim)
+            part = _sq_grads_loop(model, params, loss_fn, batch, example_dim, weights)
+        total = _accumulate(total, part, 1.0 if weights is None else n / float(weights.sum()))
+        examples += n
         n_batches += 1
     return _weighted_mean(total, examples, "the Fisher diagonal"), dict(examples=examples, batches=n_batches, per_example=path)
 
@@ -372,7 +406,10 @@ def hessian_diagonal(model: nn.Module, names: Iterable[str] | None = None, *, lo
         max_batches: use only the first ``max_batches`` batches (None: all).
         **options: ``probes``, ``generator``, ``hvp`` (``autograd``: exact double backward, or
             ``central``: central differences of gradients) and ``step`` (hutchinson), ``example_dim`` (default 0),
-            ``per_example`` (fisher: ``auto``, ``vmap`` or ``loop``), ``chunk_size`` (vmap).
+            ``per_example`` (fisher: ``auto``, ``vmap`` or ``loop``), ``chunk_size`` (vmap),
+            ``example_weights`` (fisher: ``batch -> (n,)`` tensor, each example's weight in the
+            batch's loss, e.g. `prunelab.nmt.target_tokens` for a token-mean loss; see
+            `fisher_diagonal`).
 
     Returns:
         (name -> diagonal with the parameter's shape, info dict with examples and batches).
@@ -402,7 +439,18 @@ def hessian_diagonal(model: nn.Module, names: Iterable[str] | None = None, *, lo
 
 def obd_saliency(model: nn.Module, names: Iterable[str] | None = None, *, loss_fn: LossFn, batches: Iterable[Any],
                  estimator: str = "fisher", max_batches: int | None = None, **options) -> Saliency:
-    """OBD saliency 0.5 * h_kk * w_k^2 (LeCun et al. 1989, eq. 5) of a trained model.
+    """OBD saliency 0.5 * |h_kk| * w_k^2 (LeCun et al. 1989, eq. 5) of a trained model.
+
+    LeCun et al. derive the saliency at a local minimum, where the Hessian is positive
+    semi-definite, so h_kk >= 0 and the saliency is the (non-negative) loss increase of deleting
+    w_k.  Estimates can still come out negative: Hutchinson's z_k (Hz)_k carries off-diagonal
+    terms of either sign, and away from a minimum (an unconverged or tanh network) the exact
+    diagonal has negative entries too.  Signed, a negative h_kk makes the saliency fall as |w_k|
+    grows, so the largest such weights go first.  Clamping at zero would tie every one of them
+    at saliency 0 (a quarter or more of the weights with Hutchinson on a small tanh MLP), which
+    the selection then breaks by parameter order, i.e. prunes by position.  |h_kk| keeps the
+    size of the predicted second-order change, stays >= 0 and leaves the saliency increasing
+    in |w_k| for every h_kk; it equals the clamp wherever the OBD assumption holds.
 
     Args: as `hessian_diagonal`.  Returns: a `Saliency` (``method="obd"``).
 
@@ -416,7 +464,7 @@ def obd_saliency(model: nn.Module, names: Iterable[str] | None = None, *, loss_f
     diag, info = hessian_diagonal(model, names, loss_fn=loss_fn, batches=batches, estimator=estimator,
                                   max_batches=max_batches, **options)
     params = dict(model.named_parameters())
-    scores = {n: 0.5 * h * params[n].detach().pow(2) for n, h in diag.items()}
+    scores = {n: 0.5 * h.abs() * params[n].detach().pow(2) for n, h in diag.items()}
     return Saliency(scores=scores, method="obd", estimator=estimator, examples=info["examples"], batches=info["batches"],
                     probes=info.get("probes", 0), per_example=info.get("per_example", ""),
                     device=str(next(iter(scores.values())).device), seconds=time.perf_counter() - start)

@@ -23,6 +23,7 @@ The API other notebooks use (the OBD/SNIP study reuses the same baseline)::
     fresh = nmt.build_model(P, corpus, init="kaiming_normal", seed=0)   # see nmt.INITS
     batch = next(corpus["train"].batches(64, torch.Generator().manual_seed(0)))
     nmt.batch_loss(fresh, batch.to(next(fresh.parameters()).device)).backward()
+    nmt.target_tokens(batch)                  # each sentence's weight in batch_loss (OBD's Fisher)
     base.initial_model()                      # the baseline's own initial weights (uniform +-0.1)
 
 A new notebook sharing the baseline lists ``*nmt.PARAMS`` in its parameters cell (see
@@ -43,10 +44,10 @@ from prunelab.nmt.baseline import (BASELINE_KEYS, PARAMS, Baseline, as_dict, bas
 from prunelab.nmt.evaluate import BleuResult, PairedBleu, bleu, bleu_score, paired_bleu, translate
 from prunelab.nmt.retrain import (SCHEDULE_METHODS, beats_verdict, combined_verdict, epoch_steps, first_pairs,
                                   margin_verdict, sparsity_schedule, train_sparse_)
-from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity, train_
+from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity, target_tokens, train_
 
 __all__ = ["BASELINE_KEYS", "PARAMS", "SCHEDULE_METHODS", "Baseline", "BleuResult", "INITS", "PairedBleu", "Seq2Seq",
            "Seq2SeqConfig", "TrainConfig", "as_dict", "autocast", "baseline", "baseline_key", "batch_loss", "beats_verdict",
            "bleu", "bleu_score", "build_model", "combined_verdict", "epoch_steps", "first_pairs", "load_data", "load_state_",
-           "margin_verdict", "paired_bleu", "perplexity", "prune_masks", "sparsity_schedule", "train_", "train_sparse_",
-           "translate", "weight_classes"]
+           "margin_verdict", "paired_bleu", "perplexity", "prune_masks", "sparsity_schedule", "target_tokens", "train_",
+           "train_sparse_", "translate", "weight_classes"]

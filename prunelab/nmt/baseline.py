@@ -164,10 +164,12 @@ def prune_masks(model: Seq2Seq, sparsity: float, scheme: str = "class-blind", se
     """
     classes = classes or weight_classes(model)
     params = dict(model.named_parameters())
-    scores = {n: params[n].detach().abs().cpu() for names in classes.values() for n in names}
+    weights = {n: params[n].detach().cpu() for names in classes.values() for n in names}
+    scores = {n: w.abs() for n, w in weights.items()}
     generator = torch.Generator().manual_seed(seed)
     previous = {n: m.cpu() for n, m in previous.items()} if previous else None
-    masks = masks_from_scores(scores, sparsity, scheme, classes, previous=previous, generator=generator)
+    masks = masks_from_scores(scores, sparsity, scheme, classes, previous=previous, generator=generator,
+                              weights=weights)
     return {n: m.to(params[n].device) for n, m in masks.items()}
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from prunelab.data.corpus import Corpus, Split
 from prunelab.data.text import PAD, Batch
-from prunelab.masks import Masks, apply_masks_, bind_masks, masked_step_
+from prunelab.masks import Masks, apply_masks_, bind_masks, mask_grads_, masked_step_
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -78,6 +78,15 @@ def batch_loss(model: nn.Module, batch: Batch, reduction: str = "mean") -> torch
                                        reduction=reduction)
 
 
+def target_tokens(batch: Batch) -> torch.Tensor:
+    """Target tokens (``</s>`` included, padding not) of each sentence: shape (B,).
+
+    Each sentence's weight in `batch_loss`, a mean over tokens; OBD's Fisher needs it
+    (``example_weights``, see `prunelab.criteria.second_order.fisher_diagonal`).
+    """
+    return (batch.tgt_out != PAD).sum(1)
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, split: Split, batch_size: int = 128, amp: bool = False) -> float:
     """exp(mean negative log-likelihood per target token, ``</s>`` included) on ``split``.
@@ -118,6 +127,7 @@ def _epoch(model, split, opt, config, pairs, generator, amp, desc, progress) -> 
             loss = batch_loss(model, batch)
         loss.backward()
         if config.clip:
+            mask_grads_(pairs)  # the clipped norm is the masked network's
             nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         masked_step_(opt, pairs)
         total += loss.detach() * batch.n_tokens

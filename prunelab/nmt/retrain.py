@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab.data.corpus import Corpus, Split
-from prunelab.masks import Masks, apply_masks_, bind_masks, masked_step_
+from prunelab.masks import Masks, apply_masks_, bind_masks, mask_grads_, masked_step_
 from prunelab.nmt.baseline import prune_masks
 from prunelab.nmt.evaluate import PairedBleu
 from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity
@@ -131,10 +131,7 @@ def _masked_update(model, batch, opt, pairs, clip: float, amp: bool):
     with autocast(batch.src.device, amp):
         loss = batch_loss(model, batch)
     loss.backward()
-    # Pruned weights' gradients are thrown away by the re-masking; keeping them out of the norm
-    # lets clipping act on the live weights only.
-    for param, mask in pairs:
-        param.grad.mul_(mask.view(torch.uint8))
+    mask_grads_(pairs)  # clipping acts on the live weights only
     if clip:
         nn.utils.clip_grad_norm_(model.parameters(), clip)
     masked_step_(opt, pairs)

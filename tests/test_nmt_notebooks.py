@@ -200,7 +200,7 @@ def test_model_size_tables_and_free_sparsity(smoke_runs):
             expected = s
         assert free.loc[width, "free_sparsity"] == expected
     claims = pd.read_csv(run.path / "claims.csv").set_index("id")
-    assert set(claims.index) == {"nmt-free-sparsity-vs-size", "nmt-blind-40-free-by-size"}
+    assert set(claims.index) == {"nmt-free-sparsity-grows-with-size", "nmt-blind-40-free-by-size"}
     judged = free[free.dense_bleu >= run.params["claims_min_bleu"]]
     assert (claims.verdict == "inconclusive").all() == (len(judged) < 2)
     assert (run.path / "figures" / "free_sparsity_vs_size.png").is_file()

@@ -6,8 +6,9 @@
 #
 # **Papers.** LeCun, Denker & Solla (1989), *Optimal Brain Damage*: delete the weights with the
 # smallest saliency 0.5 * h_kk * w_k^2 at a trained model, h_kk the Hessian diagonal (here the
-# empirical Fisher, the mean of *per-example* squared gradients, or Hutchinson's estimator;
-# see `prunelab.criteria.second_order`). Lee, Ajanthan & Torr (2019), *SNIP*: score the
+# empirical Fisher of the same token-mean loss, from *per-sentence* gradients, or Hutchinson's
+# estimator; see `prunelab.criteria.second_order`). OBD assumes a minimum, where h_kk >= 0; an
+# estimate that comes out negative is used as |h_kk|, so no large weight is pruned first for it. Lee, Ajanthan & Torr (2019), *SNIP*: score the
 # connections once, at initialisation, by |dL/dc| = |g * w| on a few batches, prune, and train
 # the sparse network with the mask held fixed. See, Luong & Manning (2016): class-blind
 # magnitude pruning; random pruning is the floor.

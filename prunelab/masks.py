@@ -177,6 +177,38 @@ def masks_from_scores(
     return _class_masks(scores, names, n_to_prune(n, sparsity), previous, divisors)
 
 
+def masks_with_ratios(scores: Mapping[str, Tensor], ratios: Mapping[str, float]) -> Masks:
+    """Masks pruning the lowest-scored fraction ``ratios[name]`` of each tensor on its own.
+
+    Layer-wise ratios (ERK, or the ratios another method's masks chose: `layer_ratios`) with any
+    scores; random scores give Liu et al.'s (2022) random pruning at given ratios.  Each tensor
+    loses exactly ``n_to_prune(numel, ratio)`` weights.
+
+    Raises:
+        ValueError: a ratio outside [0, 1].  KeyError: a ratio for a tensor without scores.
+
+    >>> masks_with_ratios({"w": torch.tensor([3., 1., 2., 0.])}, {"w": 0.5})["w"].tolist()
+    [True, False, True, False]
+    """
+    missing = [n for n in ratios if n not in scores]
+    if missing:
+        raise KeyError(f"layer-wise ratio for {missing[0]!r}, which has no score; scored: {', '.join(list(scores)[:8])}")
+    out: Masks = {}
+    for name, ratio in ratios.items():
+        check_sparsity(ratio, allow_one=True)
+        out.update(_class_masks(dict(scores), [name], n_to_prune(scores[name].numel(), ratio), None))
+    return out
+
+
+def layer_ratios(masks: Mapping[str, Tensor]) -> dict[str, float]:
+    """Each tensor's pruned fraction in ``masks`` (exact under `masks_with_ratios`'s rounding).
+
+    >>> layer_ratios({"w": torch.tensor([True, False, False, False])})
+    {'w': 0.75}
+    """
+    return {n: float((~m).sum()) / m.numel() for n, m in masks.items()}
+
+
 def check_masks(masks: Mapping[str, Tensor], shapes: Mapping[str, torch.Size], partial: bool = True) -> None:
     """Raise if a mask names an unknown parameter, has the wrong shape or is not bool."""
     for name, mask in masks.items():

@@ -168,3 +168,79 @@ def test_21_snip_ablations_smoke(tmp_path, monkeypatch, torch_threads):
         gap, noise = sign * (a.mean() - z.mean()), max(a.max() - a.min(), z.max() - z.min())
         assert claims.loc["snip-1-20-of-data-enough", "verdict"] == ("reproduced" if gap >= -noise else "not reproduced")
     assert f"largest fraction tried, {max(params['data_fractions'])}" in claims.loc["snip-1-20-of-data-enough", "metric"]
+
+
+@needs_data
+def test_22_pruning_at_init_smoke(tmp_path, monkeypatch, torch_threads):
+    monkeypatch.setenv("PRUNELAB_RUNS", str(tmp_path))
+    monkeypatch.setenv("PRUNELAB_MULTI30K", str(DATA))
+    run, executed = runner.run_notebook("22_pruning_at_init", "smoke", progress=False)
+    assert executed and run.complete
+    params = runner.resolve("22_pruning_at_init", "smoke")
+    table = run.load_table("results")
+    n_s, n_seeds = len(params["sparsities"]), len(params["seeds"])
+    plain = table[table.control == "none"]
+    assert set(plain.method) == {*params["methods"], "magnitude+retrain"}
+    assert len(table) == (len(params["methods"]) + 2 * len(params["control_methods"])) * n_s * n_seeds + n_s
+    per_class = run.load_table("pruned_per_class")
+    from prunelab.masks import n_to_prune
+    for (m, c, s, sd), d in per_class.groupby(["method", "control", "sparsity", "seed"]):
+        # Exact counts (one rounding rule over all classed weights); ERK rounds each matrix on its own.
+        slack = len(d) * 2 if m == "random_erk" else 0
+        assert abs(d.pruned.sum() - n_to_prune(d.numel.sum(), s)) <= slack, (m, c, s)
+    # Shuffle keeps each class's count (it permutes within matrices); random_ratios copies the best method's.
+    key = ["weight_class", "sparsity", "seed"]
+    for m in params["control_methods"]:
+        a = per_class[(per_class.method == m) & (per_class.control == "none")].set_index(key).pruned
+        b = per_class[(per_class.method == m) & (per_class.control == "shuffle")].set_index(key).pruned
+        assert a.sort_index().tolist() == b.sort_index().tolist(), m
+    claims = pd.read_csv(run.path / "claims.csv", dtype=str).set_index("id")
+    assert set(claims.index) == {"pai-shuffle-does-not-hurt", "pai-below-magnitude-retrain", "synflow-avoids-layer-collapse",
+                                 "grasp-beats-snip-high-sparsity", "random-at-best-ratios-within-noise"}
+    best = claims.loc["random-at-best-ratios-within-noise", "detail"].split(": ")[1].split(";")[0]
+    top = max(params["sparsities"])
+    ppl = table[table.control == "none"].set_index(["method", "sparsity"]).ppl
+    scored = [m for m in params["methods"] if not m.startswith("random")]
+    assert best == min(scored, key=lambda m: ppl[m, top])
+    ratios_of = a = per_class[(per_class.method == best) & (per_class.control == "none")].set_index(key).pruned
+    rnd = per_class[per_class.method == "random_ratios"].set_index(key).pruned
+    assert rnd.sort_index().tolist() == ratios_of.sort_index().tolist()
+    # Every verdict recomputed from the tables.
+    dense = run.memo("dense", {}, lambda: pytest.fail("the dense baseline's scores were not cached"))
+    ok = dense["bleu"] >= params["claims_min_bleu"]
+    tests = run.load_table("paired_tests")
+    bleu = table.set_index(["method", "control", "sparsity"]).bleu
+    for t in tests.itertuples():  # each test on BLEU only where both systems reach the floor
+        name = lambda x: x if x == "magnitude+retrain" else eval(x)  # noqa: E731 - "('snip', 'none')"
+        sa, sb = name(t.a), name(t.b)
+        ba = bleu["magnitude+retrain", "none", t.sparsity] if sa == "magnitude+retrain" else bleu[sa[0], sa[1], t.sparsity]
+        both = min(ba, bleu[sb[0], sb[1], t.sparsity]) >= params["bleu_floor"]
+        assert t.metric == ("bleu" if both else "ppl")
+        beyond = t.p_value < params["significance"] and t.delta != 0
+        a_ahead = t.delta > 0 if t.metric == "bleu" else t.delta < 0
+        assert t.outcome == ("noise" if not beyond else "a" if a_ahead else "b")
+
+    def none_a(claim):
+        part = tests[tests.claim == claim]
+        return ("inconclusive" if not ok or not len(part) else
+                "reproduced" if (part.outcome != "a").all() else "not reproduced")
+
+    def ordering(claim, sparsities):
+        part = tests[(tests.claim == claim) & tests.sparsity.isin(sparsities)]
+        steps = [{"a": "holds", "b": "fails"}.get(o, "within noise") for o in part.outcome]
+        if not ok or not steps:
+            return "inconclusive"
+        return ("not reproduced" if "fails" in steps else "reproduced" if 2 * steps.count("holds") >= len(steps)
+                else "within noise")
+
+    assert claims.loc["pai-shuffle-does-not-hurt", "verdict"] == none_a("F1")
+    assert claims.loc["random-at-best-ratios-within-noise", "verdict"] == none_a("R1")
+    assert claims.loc["pai-below-magnitude-retrain", "verdict"] == ordering("F2", params["sparsities"])
+    assert claims.loc["grasp-beats-snip-high-sparsity", "verdict"] == ordering("G1", sorted(params["sparsities"])[-2:])
+    collapse = run.load_table("collapse")
+    at_top = collapse[(collapse.sparsity == top) & (collapse.control == "none")].groupby("method").collapsed
+    holds = at_top.max()["synflow"] == 0 and at_top.min()["snip"] > 0 and at_top.min()["grasp"] > 0
+    assert claims.loc["synflow-avoids-layer-collapse", "verdict"] == ("reproduced" if holds else "not reproduced")
+    assert len(tests[tests.claim == "F2"]) == len(params["methods"]) * n_s * n_seeds
+    for fig in ("bleu_ppl_vs_sparsity", "pruned_per_class", "controls"):
+        assert (run.path / "figures" / f"{fig}.png").exists()

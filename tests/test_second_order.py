@@ -483,8 +483,8 @@ def test_bad_input_errors_name_the_value_and_the_choices():
         obd_saliency(model, loss_fn=ce_loss, batches=[batch], per_example="fast")
     with pytest.raises(ValueError, match=r"sparsity=1.0.*every weight"):
         prune_at_init_(model, 1.0, loss_fn=ce_loss, batches=[batch])
-    with pytest.raises(ValueError, match=r"criterion 'grasp'.*snip, obd"):
-        prune_at_init_(model, 0.5, loss_fn=ce_loss, batches=[batch], criterion="grasp")
+    with pytest.raises(ValueError, match=r"criterion 'craig'.*snip, obd, grasp, synflow"):
+        prune_at_init_(model, 0.5, loss_fn=ce_loss, batches=[batch], criterion="craig")
     big = nn.Linear(100, 50)
     with pytest.raises(ValueError, match=r"5000 weights.*max_weights=4096"):
         obd_saliency(big, loss_fn=lambda m, b: m(b).pow(2).mean(), batches=[torch.randn(2, 100)], estimator="exact")

@@ -31,7 +31,7 @@ def write_corpus(folder, seed=0):
 def test_studies_are_the_notebooks_sharing_a_base():
     groups = runner.studies()
     assert groups["nmt"] == ["10_nmt_baseline", "11_nmt_schemes", "12_nmt_retrain", "13_nmt_model_size", "20_obd_snip",
-                             "21_snip_ablations"]
+                             "21_snip_ablations", "22_pruning_at_init"]
     assert groups["cnn"] == ["30_filter_oracle", "31_filter_pruning"]
     assert runner.expand(["31", "cnn", "00"]) == ["00_tour", "30_filter_oracle", "31_filter_pruning"]
 
@@ -48,7 +48,7 @@ def test_overrides_go_to_the_notebooks_that_take_them():
 def test_cli_errors_name_parameter_and_notebooks(runs, capsys):
     assert cli.main(["run", "nmt", "--profile", "smoke", "-p", "foldr=x"]) == 1
     err = capsys.readouterr().err
-    assert "none of 10_nmt_baseline, 11_nmt_schemes, 12_nmt_retrain, 13_nmt_model_size, 20_obd_snip, 21_snip_ablations takes a " \
+    assert "none of 10_nmt_baseline, 11_nmt_schemes, 12_nmt_retrain, 13_nmt_model_size, 20_obd_snip, 21_snip_ablations, 22_pruning_at_init takes a " \
            "parameter 'foldr'" in err
     assert cli.main(["run", "nmt", "--profile", "smoke", "-p", "direction=fr-en"]) == 1
     assert "parameter direction=fr-en is not a known name" in capsys.readouterr().err
@@ -60,8 +60,8 @@ def test_cli_errors_name_parameter_and_notebooks(runs, capsys):
 def test_list_shows_studies_and_shared_parameters(capsys):
     assert cli.main(["list", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out
-    assert "  nmt: 10_nmt_baseline, 11_nmt_schemes, 12_nmt_retrain, 13_nmt_model_size, 20_obd_snip, 21_snip_ablations" in out
-    shared = next(line for line in out.splitlines() if line.startswith("  nmt parameters shared by all 6:"))
+    assert "  nmt: 10_nmt_baseline, 11_nmt_schemes, 12_nmt_retrain, 13_nmt_model_size, 20_obd_snip, 21_snip_ablations, 22_pruning_at_init" in out
+    shared = next(line for line in out.splitlines() if line.startswith("  nmt parameters shared by all 7:"))
     assert "direction" in shared and "folder" in shared and "n_examples" not in shared
 
 

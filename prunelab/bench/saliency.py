@@ -1,7 +1,8 @@
 """Row 3: cost of each saliency as a multiple of one plain forward+backward over the same batches.
 
 Taylor (per filter, Molchanov et al. 2017) runs on the small AlexNet; SNIP, the empirical
-Fisher and Hutchinson on the NMT seq2seq (where the OBD/SNIP study uses them).  The plain pass
+Fisher, Hutchinson, GraSP and one SynFlow round on the NMT seq2seq (where the OBD/SNIP study and
+notebook 22 use them).  The plain pass
 is ``loss.backward()`` in eval mode over the same batches.  Calls are interleaved round-robin.
 """
 from __future__ import annotations
@@ -92,6 +93,40 @@ def _second_order_rows(cfg: BenchConfig, repeats: int, probes: int = 4) -> list[
     ]
 
 
+def _at_init_rows(cfg: BenchConfig, repeats: int) -> list[dict]:
+    """GraSP (both Hessian-gradient routes) over the batches, and one SynFlow round (the |w| flow
+    pass plus the masks of that round, class-blind at 50%) against the plain pass."""
+    from prunelab.at_init import seq2seq_flow
+    from prunelab.criteria import at_init
+    from prunelab.masks import masks_from_scores
+
+    model, batches, case = _nmt(cfg)
+    flow = seq2seq_flow(2)
+
+    def synflow_round():
+        masks_from_scores(at_init.synflow_scores(model, flow_fn=flow), 0.5)
+
+    t = time_calls(dict(plain=_plain(model, batches, batch_loss),
+                        grasp=lambda: at_init.grasp_saliency(model, loss_fn=batch_loss, batches=batches),
+                        grasp_central=lambda: at_init.grasp_saliency(model, loss_fn=batch_loss, batches=batches,
+                                                                     hvp="central"),
+                        grasp_forward=lambda: at_init.grasp_saliency(model, loss_fn=batch_loss, batches=batches,
+                                                                     hvp="forward"),
+                        synflow=synflow_round), cfg.device, repeats=repeats)
+    grasp, central, forward, synflow = (paired_ratio(t, k, "plain")
+                                        for k in ("grasp", "grasp_central", "grasp_forward", "synflow"))
+    return [
+        entry("3 saliency", case, "GraSP / forward+backward (Hg by double backward)", grasp, "", None, None, "<= 3",
+              grasp <= 3, "one create_graph gradient per batch, one double backward of sum_b <g_b, g>"),
+        entry("3 saliency", case, "GraSP / forward+backward (Hg by central differences)", central, "", None, None, "<= 3",
+              central <= 3, "one gradient, then two plain gradients at w +- eps g per batch"),
+        entry("3 saliency", case, "GraSP / forward+backward (Hg by forward differences)", forward, "", None, None, "<= 3",
+              forward <= 3, "one gradient, then one plain gradient at w + eps g per batch (notebook 22's default)"),
+        entry("3 saliency", case, "SynFlow per round / forward+backward", synflow, "", None, None, "<= 1.2",
+              synflow <= 1.2, "float64 |w| flow pass on a 2-token all-ones input, plus that round's masks"),
+    ]
+
+
 def rows(cfg: BenchConfig) -> list[dict]:
     repeats = 3 if cfg.quick or cfg.cuda else 5
-    return _taylor_rows(cfg, repeats) + _second_order_rows(cfg, repeats)
+    return _taylor_rows(cfg, repeats) + _second_order_rows(cfg, repeats) + _at_init_rows(cfg, repeats)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from prunelab.criteria.second_order import HESSIAN_ESTIMATORS, Saliency, obd, obd_saliency, snip, snip_saliency
 from prunelab.criteria.unstructured import magnitude, prunable, random_scores
+from prunelab.criteria.at_init import grasp, grasp_saliency, ones_flow, synflow, synflow_saliency, synflow_scores
 from prunelab.criteria.filters import FILTER_CRITERIA, get_filter_criterion  # noqa: F401 (per-filter, structured)
 
 Criterion = Callable[..., dict]
@@ -19,6 +20,8 @@ CRITERIA: dict[str, Criterion] = {
     "random": random_scores,
     "obd": obd,
     "snip": snip,
+    "grasp": grasp,
+    "synflow": synflow,
 }
 
 
@@ -31,4 +34,5 @@ def get_criterion(name: str) -> Criterion:
 
 
 __all__ = ["CRITERIA", "Criterion", "HESSIAN_ESTIMATORS", "Saliency", "get_criterion", "magnitude", "obd",
-           "obd_saliency", "prunable", "random_scores", "snip", "snip_saliency"]
+           "obd_saliency", "prunable", "random_scores", "snip", "snip_saliency", "grasp", "grasp_saliency",
+           "ones_flow", "synflow", "synflow_saliency", "synflow_scores"]

@@ -111,3 +111,22 @@ def test_format_table_footnotes():
     text = bench.format_table(table)
     assert "| 1 masking | x [1] | seconds | 0.5 | torch | 5 | 10 | >= 5x | yes |" in text
     assert text.endswith("[1] a note")
+
+
+def test_retrain_probe_prunes_retrains_and_reports_each_epoch(tmp_path, monkeypatch, capsys):
+    """benchmarks/retrain_probe.py, cited by the README for S4: one line per epoch, epoch 0 before retraining."""
+    import importlib.util
+    from pathlib import Path
+
+    from nmt_helpers import multi30k_root
+
+    monkeypatch.setenv("PRUNELAB_RUNS", str(tmp_path))
+    monkeypatch.setenv("PRUNELAB_MULTI30K", str(multi30k_root()))
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "retrain_probe.py"
+    spec = importlib.util.spec_from_file_location("retrain_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main(["--profile", "smoke", "--sparsity", "0.8", "--epochs", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    assert all(line["val_ppl"] > 1 and 0 <= line["test_bleu"] <= 100 for line in lines[1:])

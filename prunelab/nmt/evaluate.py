@@ -101,7 +101,8 @@ class PairedBleu:
     metric = "bleu"  # higher is better
 
     def better(self, alpha: float = 0.05) -> str | None:
-        """``"a"`` or ``"b"``: the system with the higher BLEU where the difference is beyond noise; else None."""
+        """``"a"`` or ``"b"``: the better system (higher BLEU; lower perplexity for `PairedPerplexity`)
+        where the difference is beyond noise; else None."""
         return better(self.row(), alpha)
 
     def row(self) -> dict:
@@ -211,31 +212,17 @@ def resampled_perplexities(nlls: dict, tokens: list[int], n_samples: int = 1000,
 
 
 @dataclass(frozen=True)
-class PairedPerplexity:
+class PairedPerplexity(PairedBleu):
     """Paired bootstrap comparison of two systems' perplexities on the same sentences.
 
-    ``delta`` is ppl(a) - ppl(b) (negative: a is better); ``ci`` its 95% interval over the
-    resamples; ``p_value`` the two-sided p-value of "a and b have the same perplexity",
-    computed as `paired_bleu`'s (sacreBLEU's statistic) on the log-perplexity difference.
+    The fields are `PairedBleu`'s with perplexity for BLEU: ``delta`` is ppl(a) - ppl(b)
+    (negative: a is better); ``ci`` its 95% interval over the resamples; ``p_value`` the
+    two-sided p-value of "a and b have the same perplexity", computed as `paired_bleu`'s
+    (sacreBLEU's statistic) on the log-perplexity difference. `better` reads ``metric``, so it
+    names the system with the lower perplexity.
     """
 
-    a: float
-    b: float
-    delta: float
-    ci: tuple[float, float]
-    p_value: float
-    n_samples: int
-
-    def beyond_noise(self, alpha: float = 0.05) -> bool:
-        return self.delta != 0 and self.p_value < alpha
-
     metric = "ppl"  # lower is better
-
-    def better(self, alpha: float = 0.05) -> str | None:
-        """``"a"`` or ``"b"``: the system with the lower perplexity where the difference is beyond noise; else None."""
-        return better(self.row(), alpha)
-
-    row = PairedBleu.row
 
     def describe(self) -> str:
         lo, hi = self.ci

@@ -130,3 +130,21 @@ def test_retrain_probe_prunes_retrains_and_reports_each_epoch(tmp_path, monkeypa
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["epoch"] for line in lines] == [0, 1, 2]
     assert all(line["val_ppl"] > 1 and 0 <= line["test_bleu"] <= 100 for line in lines[1:])
+
+
+def test_nmt_step_bench_times_every_setting_side_by_side(monkeypatch, capsys):
+    """benchmarks/nmt_step.py, cited by the `_nmt` profile for threads = 2: one line per setting, ratios to the first."""
+    import importlib.util
+    from pathlib import Path
+
+    from nmt_helpers import multi30k_root
+
+    monkeypatch.setenv("PRUNELAB_MULTI30K", str(multi30k_root()))
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "nmt_step.py"
+    spec = importlib.util.spec_from_file_location("nmt_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--profile", "smoke", "--steps", "3", "--rounds", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(line["threads"], line["adam"]) for line in lines] == bench.SETTINGS
+    assert lines[0]["speedup"] == 1.0 and all(line["ms_per_step"] > 0 and line["speedup"] > 0 for line in lines)

@@ -27,7 +27,7 @@ from prunelab.data.corpus import Corpus, Split
 from prunelab.masks import Masks, apply_masks_, bind_masks, mask_grads_, masked_step_
 from prunelab.nmt.baseline import prune_masks
 from prunelab.nmt.evaluate import PairedBleu
-from prunelab.nmt.train import TrainConfig, autocast, batch_loss, perplexity
+from prunelab.nmt.train import TrainConfig, autocast, batch_loss, make_optimizer, perplexity
 from prunelab.results import significance_verdict
 from prunelab.schedules import Iterative, OneShot, Polynomial
 
@@ -181,7 +181,7 @@ def train_sparse_(model: nn.Module, corpus: Corpus, config: TrainConfig, schedul
     generator = torch.Generator().manual_seed(config.seed)
     pruner = _Pruner(model, schedule, classes, dict(masks or {}))
     pairs = pruner.prune(0)
-    opt = (torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=config.lr)
+    opt = make_optimizer(model, config)
     at_final = pruner.at_final()
     val = perplexity(model, corpus["val"], amp=amp)
     best, best_state = (val, copy.deepcopy(model.state_dict())) if at_final else (math.inf, None)

@@ -349,6 +349,24 @@ def wanted_per_layer(scores: Mapping[str, Tensor], n_remove: int) -> dict[str, i
     return wanted
 
 
+def empty_ranks(scores: Mapping[str, Tensor]) -> dict[str, int]:
+    """How many of the lowest scores over all layers it takes to include every filter of each layer.
+
+    Removing filters one at a time in the criterion's order, without re-scoring (Molchanov et al.
+    2017 remove one per iteration), layer ``n`` is emptied at removal ``empty_ranks(scores)[n]``;
+    a layer of ``m`` filters whose rank is ``m`` holds the ``m`` lowest scores of the whole network.
+    The smallest rank over layers, as a share of all filters, says how close the criterion comes to
+    emptying a layer whatever the step size (same tie rule as `plan_from_scores`).
+
+    >>> empty_ranks({"a": torch.tensor([0.5, 0.1, 0.9]), "b": torch.tensor([0.2, 0.3])})
+    {'a': 5, 'b': 4}
+    """
+    names, last = list(scores), {n: 0 for n in scores}
+    for rank, (_, li, _) in enumerate(_ascending(scores), start=1):
+        last[names[li]] = rank
+    return last
+
+
 def plan_by_share(scores: Mapping[str, Tensor], share: float, min_filters: int = 1) -> Plan:
     """Remove ``share`` of every layer's filters (`masks.n_to_prune`'s rounding), its lowest-scored
     ones, keeping at least ``min_filters`` in each: one pruning level of the same shape for any criterion.

@@ -291,6 +291,23 @@ def verdict(holds: bool | None) -> str:
     return "inconclusive" if holds is None else ("reproduced" if holds else "not reproduced")
 
 
+def margin_verdict(low: float, high: float, margin: float) -> str:
+    """Verdict of "a is within ``margin`` of b, or better" from the 95% interval [low, high] of a - b.
+
+    ``reproduced`` if the whole interval lies above ``-margin``, ``not reproduced`` if it lies
+    below, else ``within noise`` (the run cannot tell).  The one rule of every "costs at most
+    ``margin`` BLEU" claim (notebooks 11, 12, 13).
+
+    >>> margin_verdict(-0.4, 0.2, 0.5), margin_verdict(-3.7, -2.3, 0.5), margin_verdict(-0.9, 0.2, 0.5)
+    ('reproduced', 'not reproduced', 'within noise')
+    """
+    if low > -margin:
+        return "reproduced"
+    if high < -margin:
+        return "not reproduced"
+    return "within noise"
+
+
 def significance_verdict(holds: bool, beyond_noise: bool) -> str:
     """Verdict of a claim judged against noise: ``reproduced`` / ``not reproduced`` only when
     the test (``holds`` or its opposite) is beyond noise, else ``within noise``.

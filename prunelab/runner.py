@@ -338,6 +338,11 @@ def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None =
         if run.complete and not (force or fresh):
             return run, False
         (path / "complete.json").unlink(missing_ok=True)
+        # The notebook records its claims, tables and figures anew: what an earlier version of it
+        # wrote here and this one does not (a renamed claim, a dropped figure) must not be published.
+        (path / "claims.csv").unlink(missing_ok=True)
+        for written in ("tables", "figures"):
+            shutil.rmtree(path / written, ignore_errors=True)
         if fresh:
             shutil.rmtree(path / "cache", ignore_errors=True)
         _execute(notebook, params, path, fresh, progress)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunelab.criteria.at_init import grasp_saliency, synflow_saliency
+from prunelab.criteria.flow import grasp_saliency, synflow_saliency
 from prunelab.criteria.second_order import LossFn, Saliency, obd_saliency, snip_saliency, to_device
 from prunelab.masks import (Masks, apply_masks_, bind_masks, check_sparsity, mask_grads_, masked_step_,
                             masks_from_scores)

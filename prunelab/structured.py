@@ -26,7 +26,8 @@ from prunelab import metrics, train
 from prunelab.criteria.filters import describe_normalization, get_filter_criterion
 from prunelab.data.imagesets import ImageData, from_tensors
 from prunelab.models.cnn import check_input_shape
-from prunelab.removal import filter_layers, plan_by_share, plan_from_scores, rankable, remove_filters_, wanted_per_layer
+from prunelab.removal import (empty_ranks, filter_layers, plan_by_share, plan_from_scores, rankable, remove_filters_,
+                              wanted_per_layer)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,9 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
         accuracy_before_finetune, params, flops, latency, finetune_s_per_epoch, ...), and one dict per
         level and layer (kind conv or linear, filters or units remaining, removed at that level, and
         ``wanted_now``: how many the criterion's k lowest scores took from it before the ``min_filters``
-        guard; ``wanted_now > removed_now`` where the guard overrode the criterion).
+        guard; ``wanted_now > removed_now`` where the guard overrode the criterion; ``empty_rank``: how
+        many of those scores' lowest it takes to include all of the layer's filters, `removal.empty_ranks`;
+        both 0 at level 0).
 
     Raises:
         ValueError: images the model cannot take, an unreachable target, an unknown criterion.
@@ -153,7 +156,7 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
                    finetune_s_per_epoch=base_epoch, score_s=0.0)]
     layers = filter_layers(model, example, linear=cfg.prune_linear)
     per_layer = [dict(level=0, criterion=cfg.criterion, layer=n, kind=layers[n].kind, filters=layers[n].n_filters,
-                      removed_now=0, wanted_now=0) for n in names]
+                      removed_now=0, wanted_now=0, empty_rank=0) for n in names]
     bar = tqdm(desc=f"pruning ({cfg.criterion})", disable=not progress, leave=False)
     while not _reached(levels[-1], flops0, layers, names, cfg):
         t = time.perf_counter()
@@ -163,6 +166,7 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
         n_remove = min(cfg.filters_per_step, capacity)
         plan = plan_from_scores(scores, n_remove, cfg.min_filters)
         wanted = wanted_per_layer(scores, n_remove)  # read only: what the criterion chose before the min_filters guard
+        ranks = empty_ranks(scores)  # read only: how close the criterion's order comes to emptying each layer
         remove_filters_(model, plan, example, cfg.min_filters, cfg.prune_linear)
         before = accuracy_on_test(model, data)
         # Dropout draws from the global RNG: reseed it per level so that a level's fine-tuning
@@ -174,7 +178,8 @@ def prune_iteratively(model: nn.Module, data: ImageData | dict[str, Tensor], cfg
                            **measure(model, data, cfg), accuracy_before_finetune=before, finetune_s_per_epoch=epoch_s,
                            score_s=score_s))
         per_layer += [dict(level=level, criterion=cfg.criterion, layer=n, kind=layers[n].kind, filters=layers[n].n_filters,
-                           removed_now=len(plan.get(n, [])), wanted_now=wanted[n]) for n in names]
+                           removed_now=len(plan.get(n, [])), wanted_now=wanted[n], empty_rank=ranks[n])
+                     for n in names]
         bar.update()
     bar.close()
     for row in levels:

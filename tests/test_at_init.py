@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunelab.criteria import CRITERIA, get_criterion
-from prunelab.criteria.at_init import grasp_saliency, ones_flow, synflow_saliency, synflow_scores
+from prunelab.criteria.flow import grasp_saliency, ones_flow, synflow_saliency, synflow_scores
 from prunelab.masks import layer_ratios, masks_from_scores, masks_with_ratios, n_to_prune
 from prunelab.sparse_init import erk_ratios, prune_at_init_, reinit_kept_, shuffle_within_layers
 

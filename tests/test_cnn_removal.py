@@ -123,6 +123,15 @@ def test_wanted_per_layer_is_the_choice_the_guard_overrides():
     assert removal.plan_from_scores(scores, 2) == {"a": [0, 1]}  # no guard needed: the plan is the choice
 
 
+def test_empty_ranks_count_the_lowest_scores_that_take_a_whole_layer():
+    scores = {"a": torch.tensor([0.1, 0.2, 0.3]), "b": torch.tensor([0.9, 0.8]), "c": torch.tensor([0.3, 0.4])}
+    ranks = removal.empty_ranks(scores)
+    assert ranks == {"a": 3, "b": 7, "c": 5}  # a holds the 3 lowest (tie at 0.3: layer order first, as the plan)
+    for name, rank in ranks.items():  # the `rank` lowest take every filter of the layer, one fewer does not
+        assert removal.wanted_per_layer(scores, rank)[name] == len(scores[name])
+        assert removal.wanted_per_layer(scores, rank - 1)[name] < len(scores[name])
+
+
 def test_plan_by_share_removes_the_same_share_of_every_layer():
     scores = {"a": torch.arange(10.0).flip(0), "b": torch.tensor([0.3, 0.1, 0.2]), "c": torch.tensor([1.0])}
     plan = removal.plan_by_share(scores, 0.5)

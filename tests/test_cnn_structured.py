@@ -74,16 +74,18 @@ def test_loop_does_not_depend_on_the_global_rng_state():
 
 
 def test_counting_the_guard_leaves_the_pruning_unchanged(monkeypatch):
-    """`wanted_now` only reads the scores: the same levels and filters with the count stubbed out."""
+    """`wanted_now` and `empty_rank` only read the scores: the same levels and filters with both stubbed out."""
     model, data = _setup()
     cfg = _cfg(criterion="taylor", target_flops=None, target_filters=16, min_filters=3, filters_per_step=6)
     levels, per_layer = structured.prune_iteratively(model, data, cfg)
     assert any(r["wanted_now"] > r["removed_now"] for r in per_layer)  # the guard acted in this run
+    assert all(r["empty_rank"] >= r["filters"] + r["removed_now"] for r in per_layer if r["level"] > 0)
     monkeypatch.setattr(structured, "wanted_per_layer", lambda scores, n: dict.fromkeys(scores, 0))
+    monkeypatch.setattr(structured, "empty_ranks", lambda scores: dict.fromkeys(scores, 0))
     levels_, per_layer_ = structured.prune_iteratively(model, data, cfg)
     untimed = ["level", "removed", "accuracy", "accuracy_before_finetune", "params", "flops", "flops_fraction"]
     assert [[r[k] for k in untimed] for r in levels] == [[r[k] for k in untimed] for r in levels_]
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "wanted_now"} for r in rows]  # noqa: E731
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("wanted_now", "empty_rank")} for r in rows]  # noqa: E731
     assert drop(per_layer) == drop(per_layer_)
 
 

@@ -67,7 +67,8 @@ def test_20_obd_snip_smoke(tmp_path, monkeypatch):
         assert part.pruned.tolist() == expected, sparsity
     # Both claims, recomputed from the run's own tables.
     claims = pd.read_csv(run.path / "claims.csv", dtype=str).set_index("id")
-    assert set(claims.index) == {"snip-best-at-extreme-sparsity", "obd-snip-prune-embeddings-more"}
+    assert set(claims.index) == {"snip-best-at-extreme-sparsity", "snip-best-at-extreme-sparsity-retrained",
+                                 "obd-snip-prune-embeddings-more"}
     dense = run.memo("dense", {}, lambda: pytest.fail("the dense baseline's scores were not cached"))
     # Claim 1: SNIP against every other method at the two highest sparsities, by BLEU where both reach the
     # floor, else by perplexity; holds at a sparsity when it beats all beyond noise, fails when any beats it.
@@ -93,6 +94,29 @@ def test_20_obd_snip_smoke(tmp_path, monkeypatch):
                 if "fails" in outcomes.values() else "reproduced" if 2 * list(outcomes.values()).count("holds") >= 2
                 else "within noise")
     assert claims.loc["snip-best-at-extreme-sparsity"].verdict == expected
+    # Claim 1 after the same retraining: SNIP against the other retrained methods at the retrained extreme sparsities.
+    retrained = run.load_table("retrained").set_index(["method", "sparsity"])
+    methods = sorted(set(retrained.index.get_level_values("method")))
+    at = [s for s in extreme if s in params["retrain_sparsities"]]
+    rt = run.load_table("paired_tests_retrained") if "snip" in methods else pd.DataFrame()
+    verdict_rt = claims.loc["snip-best-at-extreme-sparsity-retrained"].verdict
+    if "snip" not in methods:
+        assert verdict_rt == "inconclusive" and "SNIP not among" in claims.loc["snip-best-at-extreme-sparsity-retrained"].detail
+    else:
+        assert sorted(set(rt.sparsity)) == at and len(rt) == len(at) * (len(methods) - 1)
+        outcomes = {}
+        for s, part in rt.groupby("sparsity"):
+            for t in part.itertuples():
+                both = min(retrained.bleu["snip", s], retrained.bleu[t.b, s]) >= params["bleu_floor"]
+                assert t.metric == ("bleu" if both else "ppl")
+                assert t.score_a == pytest.approx((retrained.bleu if both else retrained.ppl)["snip", s], rel=1e-4)
+                assert t.score_b == pytest.approx((retrained.bleu if both else retrained.ppl)[t.b, s], rel=1e-4)
+            steps = list(part.outcome)
+            outcomes[s] = "fails" if "fails" in steps else "holds" if set(steps) == {"holds"} else "within noise"
+        expected = ("inconclusive" if dense["bleu"] < params["claims_min_bleu"] else "not reproduced"
+                    if "fails" in outcomes.values() else "reproduced" if 2 * list(outcomes.values()).count("holds") >= len(outcomes)
+                    else "within noise")
+        assert verdict_rt == expected
     emb = per_class[per_class.weight_class.str.endswith("embedding")]
     share = {key: 100 * part.pruned.sum() / part.numel.sum() for key, part in emb.groupby(["method", "sparsity"])}
     gap = min(share[m, s] - share["magnitude", s] for m in ("obd", "snip") for s in params["class_sparsities"])

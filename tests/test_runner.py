@@ -107,6 +107,16 @@ def test_tour_runs_skips_and_reproduces(runs, capsys):
     assert executed and not (run.path / "cache" / "marker.json").exists()  # fresh recomputed every point
     pd.testing.assert_frame_equal(forced.load_table("accuracy"), table)  # same seed, same numbers
     assert (run.path / "figures" / "accuracy_vs_sparsity.png").read_bytes() == figure
+    # What an earlier version of the notebook wrote and this one does not is gone after a rerun:
+    # a claim since renamed, a dropped figure or table (else they would be published as current).
+    run.record_claim("tour-renamed-since", "an old claim", "m", 1, "reproduced")
+    (run.path / "figures" / "dropped_figure.png").write_bytes(figure)
+    (run.path / "tables" / "dropped_table.csv").write_text("a\n1\n")
+    rerun, executed = runner.run_notebook("00_tour", "smoke", force=True, progress=False)
+    assert executed and pd.read_csv(rerun.path / "claims.csv").id.tolist() == ["tour-blind-beats-random"]
+    assert not (run.path / "figures" / "dropped_figure.png").exists()
+    assert not (run.path / "tables" / "dropped_table.csv").exists()
+    pd.testing.assert_frame_equal(rerun.load_table("accuracy"), table)
 
     assert cli.main(["report"]) == 0
     page = (runs / "REPORT.md").read_text()

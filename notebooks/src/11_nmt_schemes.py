@@ -79,7 +79,7 @@ from tqdm.auto import tqdm
 
 from prunelab import masks, nmt, runner
 from prunelab.nmt.evaluate import better, paired_test, resampled_perplexities, sentence_nll
-from prunelab.results import ordering_verdict, significance_verdict
+from prunelab.results import margin_verdict, ordering_verdict, significance_verdict
 
 OWN = ("schemes", "sparsities", "sweep_beam", "class_fractions", "class_report_sparsity", "heatmap_sparsity",
        "significance", "bootstrap_samples", "bleu_floor", "claims_min_bleu")
@@ -314,11 +314,10 @@ if 0.4 in P.sparsities and "class-blind" in P.schemes:
     # The claim is about the size of the loss: judged on the 95% interval of BLEU(pruned) - BLEU(baseline).
     t = compare("nmt-blind-40-free", ("class-blind", 0.4), ("dense", 0.0))
     lo, hi = t["ci_lo"], t["ci_hi"]
-    holds = (True if lo > -0.5 else False if hi < -0.5 else None) if t["metric"] == "bleu" else None
     run.record_claim("nmt-blind-40-free", "Class-blind pruning of 40% of the weights costs <= 0.5 BLEU without retraining",
                      "BLEU(40% class-blind) - BLEU(baseline) and its 95% paired bootstrap interval (reproduced if the "
                      "interval lies above -0.5, not reproduced if below)", f"{t['delta']:.2f} [{lo:.2f}, {hi:.2f}]",
-                     "inconclusive" if not decidable or t["metric"] != "bleu" else significance_verdict(bool(holds), holds is not None),
+                     "inconclusive" if not decidable or t["metric"] != "bleu" else margin_verdict(lo, hi, 0.5),
                      detail=f"{t['score_a']:.2f} vs {t['score_b']:.2f}, p={t['p_value']:.3f}, {t['n_samples']} resamples; {note}")
 paired_tests = pd.DataFrame(tests)
 run.save_table("paired_tests", paired_tests)

@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 
 from prunelab import masks, nmt, runner
 from prunelab.nmt.evaluate import paired_bleu
-from prunelab.results import significance_verdict, verdict
+from prunelab.results import margin_verdict, verdict
 
 OWN = ("widths", "sparsities", "sweep_beam", "free_loss", "claims_min_bleu")
 P, run = runner.start("13_nmt_model_size", profile=profile, run_dir=run_dir,
@@ -172,10 +172,10 @@ run.record_claim("nmt-free-sparsity-grows-with-size", "The sparsity that class-b
                         f"widths below {P.claims_min_bleu} BLEU left out: {sorted(set(free.width) - set(judged.width))}")
 
 at40 = pruned[(pruned.sparsity == 0.4) & pruned.width.isin(judged.width)].sort_values("parameters")
-# Holds beyond noise when the whole 95% interval of the loss is <= free_loss; fails beyond noise
-# when it is all above; otherwise the run cannot tell (within noise).
-calls = {int(r.width): (significance_verdict(r.loss_ci_high <= P.free_loss,
-                                             r.loss_ci_high <= P.free_loss or r.loss_ci_low > P.free_loss),
+# Holds beyond noise when the whole 95% interval of the loss is below free_loss; fails beyond noise
+# when it is all above; otherwise the run cannot tell (within noise): `results.margin_verdict` of
+# the interval of BLEU(pruned) - BLEU(dense), the negated loss.
+calls = {int(r.width): (margin_verdict(-r.loss_ci_high, -r.loss_ci_low, P.free_loss),
                         f"loss {r.bleu_loss:.2f} [{r.loss_ci_low:.2f}, {r.loss_ci_high:.2f}]")
          for r in at40.itertuples()}
 widest = int(at40.width.iloc[-1]) if len(at40) else None

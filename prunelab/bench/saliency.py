@@ -97,21 +97,21 @@ def _at_init_rows(cfg: BenchConfig, repeats: int) -> list[dict]:
     """GraSP (both Hessian-gradient routes) over the batches, and one SynFlow round (the |w| flow
     pass plus the masks of that round, class-blind at 50%) against the plain pass."""
     from prunelab.at_init import seq2seq_flow
-    from prunelab.criteria import at_init
+    from prunelab.criteria.flow import grasp_saliency, synflow_scores
     from prunelab.masks import masks_from_scores
 
     model, batches, case = _nmt(cfg)
-    flow = seq2seq_flow(2)
+    ones = seq2seq_flow(2)
 
     def synflow_round():
-        masks_from_scores(at_init.synflow_scores(model, flow_fn=flow), 0.5)
+        masks_from_scores(synflow_scores(model, flow_fn=ones), 0.5)
 
     t = time_calls(dict(plain=_plain(model, batches, batch_loss),
-                        grasp=lambda: at_init.grasp_saliency(model, loss_fn=batch_loss, batches=batches),
-                        grasp_central=lambda: at_init.grasp_saliency(model, loss_fn=batch_loss, batches=batches,
-                                                                     hvp="central"),
-                        grasp_forward=lambda: at_init.grasp_saliency(model, loss_fn=batch_loss, batches=batches,
-                                                                     hvp="forward"),
+                        grasp=lambda: grasp_saliency(model, loss_fn=batch_loss, batches=batches),
+                        grasp_central=lambda: grasp_saliency(model, loss_fn=batch_loss, batches=batches,
+                                                              hvp="central"),
+                        grasp_forward=lambda: grasp_saliency(model, loss_fn=batch_loss, batches=batches,
+                                                              hvp="forward"),
                         synflow=synflow_round), cfg.device, repeats=repeats)
     grasp, central, forward, synflow = (paired_ratio(t, k, "plain")
                                         for k in ("grasp", "grasp_central", "grasp_forward", "synflow"))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from prunelab.criteria.second_order import HESSIAN_ESTIMATORS, Saliency, obd, obd_saliency, snip, snip_saliency
 from prunelab.criteria.unstructured import magnitude, prunable, random_scores
-from prunelab.criteria.at_init import grasp, grasp_saliency, ones_flow, synflow, synflow_saliency, synflow_scores
+from prunelab.criteria.flow import grasp, grasp_saliency, ones_flow, synflow, synflow_saliency, synflow_scores
 from prunelab.criteria.filters import FILTER_CRITERIA, get_filter_criterion  # noqa: F401 (per-filter, structured)
 
 Criterion = Callable[..., dict]

@@ -28,6 +28,7 @@ from prunelab.masks import Masks, apply_masks_, bind_masks, mask_grads_, masked_
 from prunelab.nmt.baseline import prune_masks
 from prunelab.nmt.evaluate import PairedBleu
 from prunelab.nmt.train import TrainConfig, autocast, batch_loss, make_optimizer, perplexity
+from prunelab import results
 from prunelab.results import significance_verdict
 from prunelab.schedules import Iterative, OneShot, Polynomial
 
@@ -216,17 +217,9 @@ def train_sparse_(model: nn.Module, corpus: Corpus, config: TrainConfig, schedul
 
 
 def margin_verdict(paired: PairedBleu, margin: float) -> str:
-    """Verdict of "system a is within ``margin`` BLEU of system b, or better" against noise.
-
-    ``reproduced`` if the 95% interval of BLEU(a) - BLEU(b) lies above ``-margin``, ``not
-    reproduced`` if it lies below, else ``within noise``.
-    """
-    low, high = paired.ci
-    if low > -margin:
-        return "reproduced"
-    if high < -margin:
-        return "not reproduced"
-    return "within noise"
+    """Verdict of "system a is within ``margin`` BLEU of system b, or better": `results.margin_verdict`
+    of the 95% interval of BLEU(a) - BLEU(b)."""
+    return results.margin_verdict(*paired.ci, margin)
 
 
 def beats_verdict(paired: PairedBleu) -> str:

@@ -1,4 +1,4 @@
-"""Saliencies for pruning at initialisation beyond SNIP: GraSP and SynFlow.
+"""Saliencies for pruning at initialisation beyond SNIP, both about flow: GraSP (gradient flow) and SynFlow (synaptic flow).
 
 - GraSP (Wang, Zhang & Grosse 2020, eq. 8): S = -w * (H g), g the gradient of the loss and H
   its Hessian; the paper removes the weights with the *highest* S (removing them least reduces

@@ -147,4 +147,8 @@ def test_nmt_step_bench_times_every_setting_side_by_side(monkeypatch, capsys):
     assert bench.main(["--profile", "smoke", "--steps", "3", "--rounds", "1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(line["threads"], line["adam"]) for line in lines] == bench.SETTINGS
-    assert lines[0]["speedup"] == 1.0 and all(line["ms_per_step"] > 0 and line["speedup"] > 0 for line in lines)
+    # Each speedup is the first setting's time over its own (rounded to 2 decimals): on a busy machine a
+    # two-thread setting can be far slower, so the ratio is checked, not its sign.
+    assert lines[0]["speedup"] == 1.0 and all(line["ms_per_step"] > 0 for line in lines)
+    for line in lines:
+        assert line["speedup"] == pytest.approx(lines[0]["ms_per_step"] / line["ms_per_step"], rel=0.05, abs=0.006)

@@ -323,7 +323,8 @@ if "snip" in best and len(best) > 1:
         steps = [t["outcome"] for t in tests_rt if t["sparsity"] == s]
         outcomes_rt[s] = "fails" if "fails" in steps else "holds" if set(steps) == {"holds"} else "within noise"
 paired_tests_retrained = pd.DataFrame(tests_rt)
-run.save_table("paired_tests_retrained", paired_tests_retrained)
+if tests_rt:  # no comparison (SNIP not retrained), no table: an empty CSV has no columns to read back
+    run.save_table("paired_tests_retrained", paired_tests_retrained)
 rivals_rt = {s: max((t for t in tests_rt if t["sparsity"] == s), key=lambda t: t["p_value"]) for s in outcomes_rt}
 why = ("" if outcomes_rt else f"SNIP not among the retrained {best}" if "snip" not in best
        else f"no extreme sparsity {extreme} among retrain_sparsities {list(P.retrain_sparsities)}")

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import signal
 import stat
 import subprocess
 import sys
@@ -268,11 +269,16 @@ def test_killed_kernel_names_notebook_and_kept_file(runs, tmp_path, monkeypatch)
 def test_ctrl_c_is_one_line_that_says_how_to_resume(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "notebooks_dir", lambda: tmp_path / "notebooks")
     monkeypatch.setattr(runner, "notebooks", lambda: ["01_slow"])
-    # the kernel sends SIGINT to its parent (this process), as a terminal's Ctrl-C would
+    # the kernel sends SIGINT to this process (by pid: its parent may be a launcher), as a terminal's
+    # Ctrl-C would; Python's own SIGINT handler is in place whatever an earlier test left installed
     _tiny_notebook(tmp_path / "notebooks", "01_slow",
                    "import os, signal, time\nfor i in range(2):\n    run.memo('p', {'i': i}, lambda: i)\n"
-                   "os.kill(os.getppid(), signal.SIGINT)\ntime.sleep(20)\nrun.finish()")
-    assert cli.main(["run", "01_slow", "--profile", "smoke", "--quiet"]) == 130
+                   f"os.kill({os.getpid()}, signal.SIGINT)\ntime.sleep(20)\nrun.finish()")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["run", "01_slow", "--profile", "smoke", "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == "profile smoke"  # the profile used is said first
     err = err.strip().splitlines()

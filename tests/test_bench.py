@@ -113,19 +113,24 @@ def test_format_table_footnotes():
     assert text.endswith("[1] a note")
 
 
-def test_retrain_probe_prunes_retrains_and_reports_each_epoch(tmp_path, monkeypatch, capsys):
-    """benchmarks/retrain_probe.py, cited by the README for S4: one line per epoch, epoch 0 before retraining."""
+def _benchmark_script(name, monkeypatch):
+    """benchmarks/<name>.py loaded as a module, with the local Multi30k copy as its data."""
     import importlib.util
     from pathlib import Path
 
     from nmt_helpers import multi30k_root
 
-    monkeypatch.setenv("PRUNELAB_RUNS", str(tmp_path))
     monkeypatch.setenv("PRUNELAB_MULTI30K", str(multi30k_root()))
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "retrain_probe.py"
-    spec = importlib.util.spec_from_file_location("retrain_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_retrain_probe_prunes_retrains_and_reports_each_epoch(tmp_path, monkeypatch, capsys):
+    """benchmarks/retrain_probe.py, cited by the README for S4: one line per epoch, epoch 0 before retraining."""
+    monkeypatch.setenv("PRUNELAB_RUNS", str(tmp_path))
+    probe = _benchmark_script("retrain_probe", monkeypatch)
     assert probe.main(["--profile", "smoke", "--sparsity", "0.8", "--epochs", "2"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["epoch"] for line in lines] == [0, 1, 2]
@@ -134,16 +139,7 @@ def test_retrain_probe_prunes_retrains_and_reports_each_epoch(tmp_path, monkeypa
 
 def test_nmt_step_bench_times_every_setting_side_by_side(monkeypatch, capsys):
     """benchmarks/nmt_step.py, cited by the `_nmt` profile for threads = 2: one line per setting, ratios to the first."""
-    import importlib.util
-    from pathlib import Path
-
-    from nmt_helpers import multi30k_root
-
-    monkeypatch.setenv("PRUNELAB_MULTI30K", str(multi30k_root()))
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "nmt_step.py"
-    spec = importlib.util.spec_from_file_location("nmt_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_script("nmt_step", monkeypatch)
     assert bench.main(["--profile", "smoke", "--steps", "3", "--rounds", "1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(line["threads"], line["adam"]) for line in lines] == bench.SETTINGS

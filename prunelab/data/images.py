@@ -72,6 +72,20 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.reshape(shape)
 
 
+def load_image(path: str | Path):
+    """The image file at ``path`` as torchvision's ``default_loader`` opens it (an RGB PIL image).
+
+    Raises:
+        ValueError: the file cannot be decoded (truncated, corrupt, not an image); the message names it.
+    """
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(str(path))
+    except Exception as err:  # noqa: BLE001 (PIL raises many kinds for a bad file; all mean the same here)
+        raise ValueError(f"image {path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())})") from None
+
+
 def _fashion_names() -> list[str]:
     return [n for pair in FASHION_FILES.values() for n in pair]
 
@@ -267,7 +281,6 @@ def load_flowers102(root: str | Path | None = None, size: int = 224, splits: tup
     >>> load_flowers102("data", size=64, splits=("train",), limit=8)["x_train"].shape  # doctest: +SKIP
     torch.Size([8, 3, 64, 64])
     """
-    from PIL import Image
     from scipy.io import loadmat
     from torchvision.transforms import functional as TF
 
@@ -282,8 +295,8 @@ def load_flowers102(root: str | Path | None = None, size: int = 224, splits: tup
         ids = np.asarray(setid[{"train": "trnid", "val": "valid", "test": "tstid"}[split]]).reshape(-1)[:limit]
         images = []
         for i in ids:
-            with Image.open(folder / "jpg" / f"image_{int(i):05d}.jpg") as img:
-                t = TF.center_crop(TF.resize(TF.to_tensor(img.convert("RGB")), size, antialias=True), size)
+            img = load_image(folder / "jpg" / f"image_{int(i):05d}.jpg")
+            t = TF.center_crop(TF.resize(TF.to_tensor(img), size, antialias=True), size)
             images.append(TF.normalize(t, IMAGENET_MEAN, IMAGENET_STD))
         out[f"x_{split}"] = torch.stack(images)
         out[f"y_{split}"] = torch.tensor(labels[ids - 1] - 1, dtype=torch.long)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from prunelab.data.images import load_image
 from prunelab.results import project_root
 
 BUILTIN = ("digits", "fashion_mnist")
@@ -195,7 +196,7 @@ def _folder(root: Path) -> tuple[list[Dataset], Dataset | None]:
     opened = []
     for d in [*train_dirs, *([test_dir] if test_dir else [])]:
         try:
-            opened.append(ImageFolder(str(d)))
+            opened.append(ImageFolder(str(d), loader=load_image))
         except (FileNotFoundError, OSError) as err:
             raise ValueError(f"image folder {d}: {' '.join(str(err).split())}") from None
     classes = [tuple(ds.classes) for ds in opened]

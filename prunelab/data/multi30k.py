@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import urllib.request
 from pathlib import Path
 
@@ -116,9 +117,27 @@ def locate(name: str, root: str | Path | None = None, download: bool = True) -> 
 
 
 def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (gzipped when its name ends in ``.gz``), line ends removed.
+
+    Raises:
+        ValueError: the file is not UTF-8; the message names it, the line and the column of the first bad byte.
+    """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f]
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [line.rstrip("\n").rstrip("\r") for line in f]
+    except UnicodeDecodeError:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        try:
+            raw.decode("utf-8")  # the same strict decoding, now with the offset in the whole file
+        except UnicodeDecodeError as err:
+            before = raw[:err.start]
+            line = len(re.findall(rb"\r\n|\r|\n", before)) + 1  # the line ends text mode splits at
+            column = err.start - max(before.rfind(b"\n"), before.rfind(b"\r"))
+            raise ValueError(f"corpus file {path} line {line} is not UTF-8 "
+                             f"(byte 0x{raw[err.start]:02x} at column {column})") from None
+        raise
 
 
 def read_multi30k(split: str, direction: str = "en-de", root: str | Path | None = None,

@@ -69,14 +69,13 @@ def _minutes(text: str) -> int:
 
 
 def _importable_here() -> None:
-    """Modules in the folder ``prunelab run`` starts from import, here and in the notebooks' kernels
-    (as under ``python -m``; appended, so installed packages win): ``-p model=mynets:small``."""
-    here = os.getcwd()
-    if here not in sys.path:
-        sys.path.append(here)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if here not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, here])
+    """The user's ``-p model=mynets:small`` imports from the folder ``prunelab run`` starts from, here
+    and in the notebooks' kernels: that folder goes in ``$PRUNELAB_CALLER_DIR`` (the kernels inherit
+    it), which only that import searches, after installed packages (`zoo._import_user_module`).
+    ``sys.path`` and ``PYTHONPATH`` are left alone: a ``seaborn.py`` here never shadows seaborn."""
+    from prunelab.models import zoo
+
+    os.environ[zoo.CALLER_DIR_ENV] = os.path.abspath(os.getcwd())
 
 
 def cmd_run(args) -> int:
@@ -139,6 +138,8 @@ def cmd_list(args) -> int:
         study = next((s for s, members in groups.items() if name in members), None)
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "profile")
         print(f"{name}  [{profile}]{f'  (study {study})' if study else ''}\n    {shown}")
+    print("\nmodel=package.module:factory runs your own Python code: your module, imported from the folder "
+          "`prunelab run` starts from (after installed packages)")
     return 0
 
 

@@ -3,7 +3,6 @@ writes; one-line errors for every bad model, weights or data set, before any wor
 heads found and replaced on any classifier; hidden linear units pruned like filters."""
 import copy
 import json
-import os
 import sys
 import textwrap
 
@@ -51,10 +50,10 @@ def write_images(root, classes=3, per_class=12, size=16, seed=0):
 
 @pytest.fixture
 def user(tmp_path, monkeypatch):
-    """A folder holding the module ``mynets`` (importable here and, via PYTHONPATH, in the kernel)."""
+    """A folder holding the module ``mynets``, the folder ``prunelab run`` starts from: ``model=mynets:...``
+    imports from it (here and, via the inherited $PRUNELAB_CALLER_DIR, in the kernel), nothing else does."""
     (tmp_path / "mynets.py").write_text(FACTORY)
-    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(tmp_path)) if p))
+    monkeypatch.setenv("PRUNELAB_CALLER_DIR", str(tmp_path))  # also restores what `prunelab run` sets
     sys.modules.pop("mynets", None)
     yield tmp_path
     sys.modules.pop("mynets", None)

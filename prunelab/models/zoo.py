@@ -15,6 +15,8 @@ import difflib
 import functools
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,9 @@ import torch
 from torch import Tensor, nn
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# The folder `prunelab run` was started from (absolute; its kernels inherit it): searched for the module of
+# ``model=package.module:factory`` only, and only after installed packages and PYTHONPATH (see `_import_user_module`).
+CALLER_DIR_ENV = "PRUNELAB_CALLER_DIR"
 NO_WEIGHTS = ("", "none")
 # Models whose auxiliary heads return a tuple in training mode; the study trains the main head only.
 _KWARGS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
@@ -57,16 +62,44 @@ def _factory(spec: str) -> Callable[..., nn.Module]:
     if not module or not attr:
         raise ValueError("is not package.module:factory")
     try:
-        obj: Any = importlib.import_module(module)
+        obj: Any = _import_user_module(module)
     except Exception as err:  # the user's module may fail in any way while importing
         why = " ".join(str(err).split())
         raise ValueError(f"names module {module!r}, which cannot be imported ({type(err).__name__}: {why}); it must be "
-                         "installed or on PYTHONPATH (prunelab run adds the folder it is started from)") from None
+                         f"installed, on PYTHONPATH, or in the folder prunelab run was started from ({caller_dir()})"
+                         ) from None
     for part in attr.split("."):
         obj = getattr(obj, part, None)
     if not callable(obj):
         raise ValueError(f"names no callable {attr!r} in module {module!r}")
     return obj
+
+
+def caller_dir() -> str:
+    """The folder `prunelab run` was started from (``$PRUNELAB_CALLER_DIR``), else the working folder."""
+    return os.environ.get(CALLER_DIR_ENV) or os.getcwd()
+
+
+def _import_user_module(module: str):
+    """``module`` as installed packages and PYTHONPATH give it; only if its top-level package is found
+    nowhere there, from `caller_dir` (appended to ``sys.path`` for this one import, so whatever the
+    module imports still resolves to installed packages first; ``sys.path`` is restored afterwards).
+    Nothing else ever sees the caller's folder: a ``seaborn.py`` there never shadows seaborn."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module.partition(".")[0]:  # found, but it (or a module it imports) is missing something
+            raise
+    folder = os.path.abspath(caller_dir())
+    sys.path.append(folder)
+    try:
+        importlib.invalidate_caches()  # a finder may have listed the folder before the module was written
+        return importlib.import_module(module)  # a failed import left nothing in sys.modules: this one starts afresh
+    finally:
+        for i in range(len(sys.path) - 1, -1, -1):  # the entry added above; whatever the module itself did is kept
+            if sys.path[i] == folder:
+                del sys.path[i]
+                break
 
 
 def check_model(spec: str, params: dict | None = None) -> str:

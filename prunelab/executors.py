@@ -141,7 +141,7 @@ def _running(alive: Path) -> bool:
     """Whether another process holds ``alive`` (`results.file_lock`), i.e. that shard job runs."""
     import fcntl
 
-    with open(alive, "a+") as f:
+    with results.open_lock(alive) as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -157,7 +157,8 @@ def _local_gpus() -> int:
 
 
 def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, force: bool = False,
-              fresh: bool = False, progress: bool = True, log=print) -> tuple[results.Run, bool]:
+              fresh: bool = False, progress: bool = True, log=print,
+              recompute_stale: bool = False) -> tuple[results.Run, bool]:
     """`runner.run_notebook`, with the grid split over ``n`` worker processes first (one per GPU
     when this machine has several)."""
     import multiprocessing
@@ -166,14 +167,16 @@ def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, fo
     params = runner.resolve(notebook, profile, overrides)
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
     if n == 1 or not shardable(notebook):
-        return runner.run_notebook(notebook, profile, overrides, force=force, progress=progress, fresh=fresh)
+        return runner.run_notebook(notebook, profile, overrides, force=force, progress=progress, fresh=fresh,
+                                   recompute_stale=recompute_stale, log=log)
     run = results.Run(path, notebook, params)
-    if run.complete and not (force or fresh):
+    if run.complete and not (force or fresh or recompute_stale) and not run.untrusted():
         return run, False
-    if fresh:
-        shutil.rmtree(path / "cache", ignore_errors=True)
     gpus = _local_gpus()
+    results.check_run_folder(path)
     with results.run_lock(path, f"{notebook} with these parameters"):
+        if fresh:
+            results.clear_run(path, fresh=True)
         clear_stale_shards(path)
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [pool.submit(run_shard, notebook, profile, overrides, i, n, fresh, i % gpus if gpus > 1 else None)
@@ -182,7 +185,7 @@ def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, fo
     results.write_json(path / "shards" / "summary.json", counts)
     log(f"    {n} shards computed {sum(c['computed'] for c in counts)} grid points "
         f"in {sum(c['executions'] for c in counts)} executions", flush=True)
-    return runner.run_notebook(notebook, profile, overrides, force=True, progress=progress)
+    return runner.run_notebook(notebook, profile, overrides, force=True, progress=progress, log=log)
 
 
 # ---- Slurm (submitit) ----
@@ -277,11 +280,13 @@ def submit_slurm(names: list[str], profile: str, shares: dict[str, dict[str, Any
     for name in names:
         params = runner.resolve(name, profile, shares[name])
         path = root / name / results.params_hash(name, params)
-        if results.Run(path, name, params).complete and not (force or fresh):
+        run = results.Run(path, name, params)
+        if run.complete and not (force or fresh) and not run.untrusted():
             log(f"    {name}: complete, skipped (use --force to rerun)")
             continue
+        results.check_run_folder(path)
         if fresh:
-            shutil.rmtree(path / "cache", ignore_errors=True)
+            results.clear_run(path, fresh=True)
         clear_stale_shards(path)
         study = next((s for s, members in studies.items() if name in members), None)
         first = studies[study][0] if study else None

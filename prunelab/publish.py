@@ -6,12 +6,16 @@ own is published by `publish_run` into ``figures/<profile>/``:
 - its figures, as ``<notebook>--<name>.png|pdf``;
 - its executed notebook as ``notebooks/<notebook>.html`` (`executed.to_html`: figures embedded,
   no JavaScript, the same bytes for the same run);
-- ``MANIFEST.json``: per published file its notebook, parameters hash, profile, commit
-  (`results.git_commit`) and the fingerprint of the code that made it (`runner.fingerprint`);
+- ``MANIFEST.json``: per published file its notebook, parameters hash, profile, the commit
+  (`results.git_commit`) and fingerprint (`runner.fingerprint`) of the code that replayed the
+  notebook, and ``computed``: which code computed its cached grid points (`results.computed_by`),
+  so a number replayed from an older cache says so;
 - ``claims.csv`` (the published runs' claims) and ``CLAIMS.md``, the page that cites them.
 
-`stale` compares each manifest entry's fingerprint with the code as it is now (``prunelab report
+`stale` compares each manifest entry's fingerprints with the code as it is now (``prunelab report
 --check``); `report` renders the claims of the runs under a runs folder (``prunelab report``).
+Everything a run folder supplies (claims, notebook names, file names) is escaped before it is
+rendered (`md_text`, `md_link`), and only runs whose files match their seal are shown or published.
 
 >>> publish_run(run)          # doctest: +SKIP
 >>> stale()                   # doctest: +SKIP
@@ -19,11 +23,14 @@ own is published by `publish_run` into ``figures/<profile>/``:
 """
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import nbformat
 import pandas as pd
@@ -38,8 +45,27 @@ def published_dir(profile: str) -> Path:
 
 
 def read_manifest(folder: Path) -> dict[str, dict]:
-    path = Path(folder) / "MANIFEST.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return results.read_json(Path(folder) / "MANIFEST.json", default={})
+
+
+# Markdown's active characters: with "[" and "]" escaped no link or image can form, and with "<" and
+# "&" escaped no HTML; "_" only at a word's edge (inside a word, as in 00_tour, it is text).
+_MARKDOWN = re.compile(r"([\\`*\[\]|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
+
+
+def md_text(text: object) -> str:
+    r"""``text`` as inert Markdown on one line: HTML escaped (``<img onerror=...>`` shows as text) and
+    Markdown's link, emphasis and table characters backslash-escaped (no ``[x](javascript:...)``).
+
+    >>> print(md_text('<b>x</b> [y](javascript:z) | *w* 00_tour _v_'))
+    &lt;b&gt;x&lt;/b&gt; \[y\](javascript:z) \| \*w\* 00_tour \_v\_
+    """
+    return _MARKDOWN.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=True))
+
+
+def md_link(target: str | Path) -> str:
+    """A relative link target, percent-encoded so no character of a file name can end or redirect the link."""
+    return quote(Path(target).as_posix(), safe="/")
 
 
 def machine_paths(run: results.Run) -> dict[str, str]:
@@ -73,7 +99,11 @@ def publish_run(run: results.Run) -> list[Path]:
     so the folder holds one run per notebook.  The caller decides whether a run may be published
     (`runner.run_notebook`: only a published profile's own parameters).
     """
+    why = run.untrusted()
+    if why:
+        raise RuntimeError(f"{run.path} is not published: {why}")
     dest = published_dir(run.params["profile"])
+    results.real_dir(dest, results.project_root())
     # Several notebooks may finish at once (two `prunelab run`s, gather jobs on a cluster): the
     # manifest, ledger and CLAIMS.md are read-modify-write, so one publisher at a time.
     with results.file_lock(dest.parent / ".publish.lock"):
@@ -84,7 +114,8 @@ def _publish_run(run: results.Run, dest: Path) -> list[Path]:
     profile = run.params["profile"]
     manifest = read_manifest(dest)
     env = json.loads((run.path / "env.json").read_text())
-    entry = {"notebook": run.notebook, "params_hash": run.hash, "profile": profile, "commit": env["git_commit"]}
+    entry = {"notebook": run.notebook, "params_hash": run.hash, "profile": profile, "commit": env["git_commit"],
+             "computed": results.computed_by(run.path)}
     if env.get("fingerprint"):
         entry["fingerprint"] = env["fingerprint"]
     written = []
@@ -92,6 +123,7 @@ def _publish_run(run: results.Run, dest: Path) -> list[Path]:
         with results.atomic_path(dest / f"{run.notebook}--{src.name}") as tmp:
             shutil.copyfile(src, tmp)
         written.append(dest / f"{run.notebook}--{src.name}")
+    results.real_dir(dest / "notebooks", dest)
     written.append(results.write_text(dest / "notebooks" / f"{run.notebook}.html",
                                       _notebook_page(run, env["git_commit"])))
     names = {path.relative_to(dest).as_posix() for path in written}
@@ -119,16 +151,29 @@ def _publish_claims(run: results.Run, path: Path) -> None:
         ledger.sort_values("notebook", kind="stable").to_csv(tmp, index=False)
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _claims_table(rows: pd.DataFrame) -> list[str]:
     lines = ["| claim | statement | metric | measured | verdict | detail |", "| --- | --- | --- | --- | --- | --- |"]
     for row in rows.itertuples():
-        lines.append(f"| {_cell(row.id)} | {_cell(row.statement)} | {_cell(row.metric)} | {_cell(row.value)} "
-                     f"| **{row.verdict}** | {_cell(row.detail)} |")
+        lines.append(f"| {md_text(row.id)} | {md_text(row.statement)} | {md_text(row.metric)} | {md_text(row.value)} "
+                     f"| **{md_text(row.verdict)}** | {md_text(row.detail)} |")
     return lines
+
+
+def _provenance(entries: dict[str, dict]) -> str:
+    """``computed at X (n points), replayed at Y`` for a notebook's manifest entries."""
+    replayed = sorted({e.get("commit", "unknown") for e in entries.values()})
+    counts: dict[str, int] = {}
+    for e in entries.values():
+        for group in e.get("computed", []):
+            counts[group.get("commit", "unknown")] = max(counts.get(group.get("commit", "unknown"), 0),
+                                                         group.get("points", 0))
+    if not any("computed" in e for e in entries.values()):
+        computed = "points computed by unrecorded code"
+    elif not counts:
+        computed = "no cached points"
+    else:
+        computed = "computed at " + ", ".join(f"{c} ({n} point{'s' if n != 1 else ''})" for c, n in sorted(counts.items()))
+    return f"{computed}, replayed at {', '.join(replayed)}"
 
 
 def claims_page(profile: str) -> str:
@@ -139,21 +184,23 @@ def claims_page(profile: str) -> str:
     lines = [f"# Claims, profile {profile}", "",
              f"The claims checked by the last published `{profile}` run of each notebook, with their verdicts, "
              f"executed notebook and figures (all in this folder). `prunelab run --profile {profile}` rewrites this "
-             "page as it publishes; `MANIFEST.json` gives each file's run, commit and code fingerprint, and "
-             "`prunelab report --check` lists the files whose code changed since. Commands and timings: README.", ""]
+             "page as it publishes. Each heading says at which commit the run's cached grid points were computed and "
+             "at which the notebook was replayed from them; `MANIFEST.json` gives each file's run, commits and code "
+             "fingerprints, and `prunelab report --check` lists the files and points whose code changed since. "
+             "Commands and timings: README.", ""]
     for notebook in sorted({e["notebook"] for e in manifest.values()}):
         entries = {name: e for name, e in sorted(manifest.items()) if e["notebook"] == notebook}
         hashes = sorted({e["params_hash"] for e in entries.values()})
-        commits = sorted({e.get("commit", "unknown") for e in entries.values()})
-        lines += [f"## {notebook} (run {', '.join(hashes)}, commit {', '.join(commits)})", ""]
+        lines += [f"## {md_text(notebook)} (run {md_text(', '.join(hashes))}; {md_text(_provenance(entries))})", ""]
         page = f"notebooks/{notebook}.html"
         if page in entries:
-            lines += [f"Executed notebook: [{page}]({page})", ""]
+            lines += [f"Executed notebook: [{md_text(page)}]({md_link(page)})", ""]
         rows = ledger[(ledger.notebook == notebook) & ledger.params_hash.isin(hashes)]
         lines += _claims_table(rows) if len(rows) else [
             f"Its claims were not published with it; `prunelab run {notebook} --profile {profile}` republishes it."]
         lines.append("")
-        lines += [f"![{name.split('--', 1)[-1][:-4]}]({name})" for name in entries if name.endswith(".png")]
+        lines += [f"![{md_text(name.split('--', 1)[-1][:-4])}]({md_link(name)})" for name in entries
+                  if name.endswith(".png")]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -193,7 +240,24 @@ def stale(profile: str | None = None) -> tuple[int, list[str]]:
             if changed:
                 lines.append(f"{where}: " + "; ".join(f"{kind} changed ({_describe(kind, files[kind])})"
                                                       for kind in changed))
+            lines += _stale_points(where, entry, current, files, folder.name)
     return checked, lines
+
+
+def _stale_points(where: str, entry: dict, current: dict, files: dict, profile: str) -> list[str]:
+    """One line when some of the grid points behind a published file were computed by code other than today's."""
+    rerun = f"`prunelab run {entry.get('notebook', '?')} --profile {profile} --recompute-stale` recomputes them"
+    if "computed" not in entry:
+        return [f"{where}: no record of the code that computed its grid points (published before it was kept); {rerun}"]
+    old = [g for g in entry["computed"] if g.get("fingerprint") != current]
+    if not old:
+        return []
+    total = sum(g.get("points", 0) for g in entry["computed"])
+    why = "; ".join(sorted({f"commit {g.get('commit', 'unknown')}: " + (", ".join(
+        f"{kind} changed ({_describe(kind, files[kind])})" for kind in INPUTS
+        if (g.get("fingerprint") or {}).get(kind) != current[kind]) or "code not recorded") for g in old}))
+    return [f"{where}: {sum(g.get('points', 0) for g in old)} of {total} grid points computed by other code ({why}); "
+            f"{rerun}"]
 
 
 def _describe(kind: str, paths: list[Path]) -> str:
@@ -213,17 +277,20 @@ def _published_link(kind: str, notebook: str, run_hash: str, run_file: Path, pro
 
 def report(root: Path | None = None, where: Path | None = None, profile: str | None = None, latest: bool = False,
            include_overridden: bool = False) -> str:
-    """Markdown page of every claim checked by a complete run (of ``profile``), with each run's figures.
+    """Markdown page of every claim checked by a finished run (of ``profile``), with each run's figures.
 
     Links are relative to ``where`` (the folder the page is written to; default ``root``) and go to
     the published copies where ``figures/<profile>/`` holds this run's.  A run with overridden
     parameters says so in its heading.  ``latest`` keeps only the most recently finished run of each
     notebook and profile, and leaves out overridden runs unless ``include_overridden`` (then the
-    latest of each set of overrides is kept too).
+    latest of each set of overrides is kept too).  Run folders whose files do not match their seal,
+    and ledgers that cannot be read, are listed at the end instead (`results.finished_runs`);
+    everything a run folder supplies is escaped (`md_text`, `md_link`).
     """
     root = root or results.runs_root()
     where = where or root
-    claims = results.collect_claims(root)
+    refused: list[str] = []
+    claims = results.collect_claims(root, log=refused.append)
     if profile:
         claims = claims[claims.profile == runner.check_profile(profile)]
     if latest and not include_overridden:
@@ -234,8 +301,8 @@ def report(root: Path | None = None, where: Path | None = None, profile: str | N
         newest = claims.assign(finished=finished).groupby(["notebook", "profile", "overrides"]).finished.transform(
             "max")
         claims = claims[finished == newest]
-    lines = ["# prunelab report", "", f"Claims checked by the complete runs under `{root}`"
-             + (f", profile `{profile}`" if profile else "")
+    lines = ["# prunelab report", "", f"Claims checked by the finished runs under `{md_text(root)}`"
+             + (f", profile `{md_text(profile)}`" if profile else "")
              + (" (the latest of each notebook; runs with overridden parameters left out)."
                 if latest and not include_overridden else "."), ""]
     if claims.empty:
@@ -245,9 +312,13 @@ def report(root: Path | None = None, where: Path | None = None, profile: str | N
         marked = f", overridden: {changed}" if changed else ""
         run_dir = root / notebook / run_hash
         page = _published_link("notebook", notebook, run_hash, run_dir / f"{notebook}.ipynb", run_profile, where)
-        lines += [f"## {notebook} (profile {run_profile}{marked}, run {run_hash})", "",
-                  f"Executed notebook: [{Path(page).name}]({page})", "", *_claims_table(group), ""]
+        lines += ["## " + md_text(f"{notebook} (profile {run_profile}{marked}, run {run_hash})"), "",
+                  f"Executed notebook: [{md_text(Path(page).name)}]({md_link(page)})", "", *_claims_table(group), ""]
         for fig in sorted((run_dir / "figures").glob("*.png")):
-            lines.append(f"![{fig.stem}]({_published_link('figure', notebook, run_hash, fig, run_profile, where)})")
+            link = _published_link("figure", notebook, run_hash, fig, run_profile, where)
+            lines.append(f"![{md_text(fig.stem)}]({md_link(link)})")
         lines.append("")
+    if refused:
+        lines += ["## Not shown", "", "Run folders and ledgers under this runs folder that were left out:", "",
+                  *[f"- {md_text(line.removeprefix('prunelab: '))}" for line in refused], ""]
     return "\n".join(lines)

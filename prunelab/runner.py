@@ -46,6 +46,8 @@ def studies() -> dict[str, list[str]]:
     """
     out: dict[str, list[str]] = {}
     for name in notebooks():
+        if name in broken_profiles():
+            continue  # named by `broken_profiles`; the other notebooks still run
         base = _profile_table(name).get("base")
         if base:
             out.setdefault(base.lstrip("_"), []).append(name)
@@ -88,16 +90,24 @@ def split_overrides(names: list[str], overrides: dict[str, Any]) -> dict[str, di
             if len(names) == 1:
                 raise KeyError(f"{names[0]} has no parameter {key!r}; it takes {takes}")
             raise KeyError(f"none of {', '.join(names)} takes a parameter {key!r}; together they take {takes}")
-    return {name: {k: _absolute(v, declared[name][k]) for k, v in overrides.items() if k in declared[name]} for name in names}
+    return {name: {k: _absolute(k, v, declared[name][k]) for k, v in overrides.items() if k in declared[name]} for name in names}
 
 
-def _absolute(value: Any, spec: str) -> Any:
-    """A relative path that exists from here, made absolute: notebooks run in ``notebooks/``, so a
-    ``path`` parameter given on the command line means the caller's folder, not theirs."""
-    if params_mod.parse_spec(spec).base == "path" and isinstance(value, str) and value and not os.path.isabs(value):
-        if os.path.exists(os.path.expanduser(value)):
-            return os.path.abspath(os.path.expanduser(value))
-    return value
+def _absolute(key: str, value: Any, spec: str) -> Any:
+    """A ``path`` parameter given on the command line, made absolute against the caller's folder
+    (notebooks run in ``notebooks/``, so it would otherwise mean theirs); one that names nothing
+    is refused here, before any kernel starts.
+
+    Raises:
+        ParameterError: the path does not exist (names the parameter, what was given and where it looked).
+    """
+    if params_mod.parse_spec(spec).base != "path" or not isinstance(value, str) or not value:
+        return value
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.exists(path):
+        raise params_mod.ParameterError(f"parameter {key}={json.dumps(value)} names nothing that exists ({path} "
+                                        f"does not exist; a relative path is taken from the folder you run from)")
+    return path
 
 
 def check_profile(profile: str) -> str:
@@ -107,11 +117,33 @@ def check_profile(profile: str) -> str:
 
 
 def _profile_table(notebook: str) -> dict[str, Any]:
+    """The parsed profile file of ``notebook`` (or of a base such as ``_nmt``).
+
+    Raises:
+        KeyError: no such file; ValueError: it is not valid TOML (names the file, line and column).
+    """
     path = notebooks_dir() / "profiles" / f"{notebook}.toml"
     try:
-        return tomllib.loads(path.read_text())
+        table = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise KeyError(f"{notebook} has no profile file {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"profile file {path} is not valid TOML ({err})") from None
+    base = table.get("base")
+    if base is not None and not (isinstance(base, str) and base.startswith("_")):
+        raise ValueError(f"profile file {path}: base = {base!r} must name a shared profile such as \"_nmt\"")
+    return table
+
+
+def broken_profiles() -> dict[str, str]:
+    """Notebooks whose profile file (or a base it names) cannot be read, with the one-line reason."""
+    out = {}
+    for name in notebooks():
+        try:
+            declared_types(name)
+        except (KeyError, ValueError) as err:
+            out[name] = err.args[0] if err.args else str(err)
+    return out
 
 
 def profile_params(notebook: str, profile: str) -> dict[str, Any]:
@@ -320,34 +352,38 @@ def cached_points(path: Path) -> int:
 
 
 def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None = None, force: bool = False,
-                 progress: bool = True, fresh: bool = False) -> tuple[results.Run, bool]:
+                 progress: bool = True, fresh: bool = False, recompute_stale: bool = False,
+                 log=None) -> tuple[results.Run, bool]:
     """Execute ``notebook`` with papermill into its run folder; returns (run, executed).
 
-    A complete run is skipped unless ``force``; a forced run still reuses the grid points cached
-    in the run folder (`Run.memo`) unless ``fresh`` (implies ``force``) drops them first and lets
-    the notebook retrain over an unreadable cached checkpoint.  A finished run of a published
-    profile (`PUBLISHED_PROFILES`) is published (`publish.publish_run`) unless ``overrides``
-    change its parameters: only a profile's own runs are cited.  One process at a time runs a
-    given run folder (`results.run_lock`).  On failure the partly executed notebook is kept as
-    ``<name>.failed.ipynb`` and a RuntimeError names the failing cell; Ctrl-C raises `Interrupted`.
+    A finished run whose files match its seal (`results.Run.untrusted`) is skipped unless
+    ``force``; one that does not match is named on ``log`` and run again.  A forced run still
+    reuses the grid points cached in the run folder (`Run.memo`) unless ``fresh`` (implies
+    ``force``) empties the run folder first and lets the notebook retrain over an unreadable
+    cached checkpoint; ``recompute_stale`` (implies ``force``) recomputes only the points that
+    other code computed.  A finished run of a published profile (`PUBLISHED_PROFILES`) is
+    published (`publish.publish_run`) unless ``overrides`` change its parameters: only a profile's
+    own runs are cited.  One process at a time runs a given run folder (`results.run_lock`), and
+    only in a real folder under the runs root (`results.check_run_folder`).  On failure the partly
+    executed notebook is kept as ``<name>.failed.ipynb`` and a RuntimeError names the failing
+    cell and line; Ctrl-C raises `Interrupted`.
     """
+    log = log or results.warn
     params = resolve(notebook, profile, overrides)
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
     run = results.Run(path=path, notebook=notebook, params=params)
+    results.check_run_folder(path)  # before the lock: a symlinked run folder is refused, never entered
     with results.run_lock(path, f"{notebook} with these parameters"):
-        if run.complete and not (force or fresh):
-            return run, False
-        (path / "complete.json").unlink(missing_ok=True)
-        # The notebook records its claims, tables and figures anew: what an earlier version of it
-        # wrote here and this one does not (a renamed claim, a dropped figure) must not be published.
-        (path / "claims.csv").unlink(missing_ok=True)
-        for written in ("tables", "figures"):
-            shutil.rmtree(path / written, ignore_errors=True)
-        if fresh:
-            shutil.rmtree(path / "cache", ignore_errors=True)
-        _execute(notebook, params, path, fresh, progress)
-    if not run.complete:
-        raise RuntimeError(f"{notebook} ran but never called run.finish(); its results are incomplete")
+        if run.complete and not (force or fresh or recompute_stale):
+            why = run.untrusted()
+            if not why:
+                return run, False
+            log(f"    {path}: {why}; running it again")
+        results.clear_run(path, fresh)
+        _execute(notebook, params, path, fresh, progress, recompute_stale=recompute_stale)
+        if not run.complete:
+            raise RuntimeError(f"{notebook} ran but never called run.finish(); its results are incomplete")
+        run.seal()  # again, now with the executed notebook
     if params["profile"] in PUBLISHED_PROFILES and not overridden(notebook, params):
         from prunelab import publish  # above the runner: it renders what the runner made
 
@@ -355,52 +391,102 @@ def run_notebook(notebook: str, profile: str, overrides: dict[str, Any] | None =
     return run, True
 
 
+def _failing_line(err: Any) -> str:
+    """The line of the failing cell that raised: ``line N: <code>`` from IPython's ``Cell In[k], line N``
+    frame, else the cell's first line."""
+    import re
+
+    lines = (err.source or "").splitlines()
+    for frame in err.traceback or []:
+        found = re.search(r"Cell In\[\d+\], line (\d+)", re.sub(r"\x1b\[[0-9;]*m", "", frame))
+        if found and 0 < int(found[1]) <= len(lines):
+            return f"line {found[1]}: {lines[int(found[1]) - 1].strip()!r}"
+    return repr(lines[0].strip()) if lines else "''"
+
+
 def _execute(notebook: str, params: dict[str, Any], path: Path, fresh: bool, progress: bool,
-             output: Path | None = None, stop_ok: Any = None) -> None:
+             output: Path | None = None, stop_ok: Any = None, recompute_stale: bool = False) -> None:
     """Run the notebook into ``output`` (default ``<path>/<notebook>.ipynb``) and translate its failures.
 
-    ``stop_ok(err)`` True for a `papermill.PapermillExecutionError` means the notebook stopped
-    as intended (a shard that reached another shard's point): the output is kept, no error.
+    Papermill writes a hidden scratch copy as cells run; it is settled and renamed to ``output``
+    (or, on failure, ``<name>.failed.ipynb``) only when whole, so neither name ever holds a cut-off
+    file (a full disk names the scratch file instead).  ``stop_ok(err)`` True for a
+    `papermill.PapermillExecutionError` means the notebook stopped as intended (a shard that
+    reached another shard's point): the output is kept, no error.
     """
     import papermill
     from nbclient.exceptions import DeadKernelError
 
     out = Path(output or path / f"{notebook}.ipynb")
     failed = out.with_name(f"{out.stem}.failed.ipynb")
-    env_before = os.environ.get(results.REPLACE_BAD_CHECKPOINTS)
-    if fresh:  # the kernel inherits it: retrain over a cached checkpoint that cannot be loaded
-        os.environ[results.REPLACE_BAD_CHECKPOINTS] = "1"
+    scratch = out.with_name(f".{out.stem}.running.ipynb")
+    for target in (out, failed, scratch):
+        results.check_replaceable(target)
+    env = {results.REPLACE_BAD_CHECKPOINTS: "1" if fresh else None,  # the kernel inherits them
+           results.RECOMPUTE_STALE: "1" if recompute_stale else None}
+    before = {key: os.environ.get(key) for key in env}
+    for key, value in env.items():
+        if value is not None:
+            os.environ[key] = value
+
+    def keep(target: Path) -> Path:
+        """The scratch copy settled and renamed to ``target``; a RuntimeError naming it when it is not whole."""
+        if not scratch.exists():
+            raise RuntimeError(f"{notebook}: papermill wrote no executed notebook ({scratch})")
+        try:
+            executed.settle_file(scratch)
+        except (OSError, ValueError) as err:  # cut short by a full disk, or never written
+            scratch.unlink(missing_ok=True)
+            raise RuntimeError(f"{notebook}: the executed notebook could not be saved whole ({scratch}: "
+                               f"{type(err).__name__}: {' '.join(str(err).split())[:160]}); is the disk full?") from None
+        results.check_replaceable(target)
+        os.replace(scratch, target)
+        return target
+
     try:
-        # Executed into `.failed.ipynb` and renamed on success: the final name never holds a partial run.
         papermill.execute_notebook(
-            str(notebooks_dir() / f"{notebook}.ipynb"), str(failed), parameters={**params, "run_dir": str(path)},
+            str(notebooks_dir() / f"{notebook}.ipynb"), str(scratch), parameters={**params, "run_dir": str(path)},
             cwd=str(notebooks_dir()), progress_bar=progress, kernel_name="python3", language="python",
             kernel_manager_class=_quiet_kernel_manager(),
         )
     except papermill.PapermillExecutionError as err:
         if err.ename == "KeyboardInterrupt":
+            _discard(scratch)
             raise Interrupted(_resume_hint(notebook, path)) from None
-        executed.settle_file(failed)
         if stop_ok is not None and stop_ok(err):
-            os.replace(failed, out)
+            keep(out)
             return
-        first_line = (err.source or "").strip().splitlines()[:1]
-        raise RuntimeError(f"{notebook} failed in cell {err.cell_index} (execution count {err.exec_count}: "
-                           f"{first_line[0] if first_line else ''!r}) with {err.ename}: {err.evalue}; "
+        keep(failed)
+        raise RuntimeError(f"{notebook} failed in cell {err.cell_index} (execution count {err.exec_count}, "
+                           f"{_failing_line(err)}) with {err.ename}: {err.evalue}; "
                            f"the executed notebook is {failed}") from None
     except DeadKernelError:
-        kept = f"the partly executed notebook is kept as {failed}" if failed.exists() else "no notebook was kept"
+        kept = "no notebook was kept"
+        try:
+            kept = f"the partly executed notebook is kept as {keep(failed)}"
+        except RuntimeError:
+            pass
         raise RuntimeError(f"{notebook}: the kernel died (killed, or out of memory?); {kept}; "
                            f"{_resume_hint(notebook, path, lead='rerun')}") from None
     except KeyboardInterrupt:
+        _discard(scratch)
         raise Interrupted(_resume_hint(notebook, path)) from None
+    except OSError as err:  # papermill could not write its copy (a full disk): say where
+        _discard(scratch)
+        raise RuntimeError(f"{notebook}: the executed notebook could not be written ({scratch}: "
+                           f"{err.strerror or err}); is the disk full?") from None
     finally:
-        if env_before is None:
-            os.environ.pop(results.REPLACE_BAD_CHECKPOINTS, None)
-        else:
-            os.environ[results.REPLACE_BAD_CHECKPOINTS] = env_before
-    executed.settle_file(failed)
-    os.replace(failed, out)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    keep(out)
+
+
+def _discard(path: Path) -> None:
+    if os.path.lexists(path) and not os.path.islink(path):
+        path.unlink()
 
 
 def _resume_hint(notebook: str, path: Path, lead: str = "interrupted") -> str:

@@ -232,6 +232,7 @@ def test_republishing_a_notebook_replaces_its_files_and_claims(runs, tmp_path, m
     project = _demo_project(tmp_path, monkeypatch)
     first = _fake_run("07_demo", {"profile": "default", "x": 1})
     (first.path / "figures" / "old.png").write_bytes(b"old")
+    first.seal()  # as if the run had made it
     publish.publish_run(first)
     second = _fake_run("07_demo", {"profile": "default", "x": 5}, value=7)
     publish.publish_run(second)

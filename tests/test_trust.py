@@ -125,12 +125,12 @@ def test_every_profile_value_is_declared_and_allowed(notebook, profile):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("epochs", -1, "parameter epochs=-1 is out of range; epochs takes an int >= 1"),
-    ("epochs", True, "parameter epochs=true is a bool; epochs takes an int >= 1"),
-    ("epochs", 2.5, "parameter epochs=2.5 is a float; epochs takes an int >= 1"),
-    ("seeds", [], "parameter seeds=[] is empty; seeds takes a non-empty list of ints >= 0"),
-    ("seeds", 3, "parameter seeds=3 is an int, not a list; seeds takes a non-empty list of ints >= 0"),
-    ("batch_size", 0, "parameter batch_size=0 is out of range; batch_size takes an int >= 1"),
+    ("epochs", -1, "parameter epochs=-1 is out of range; epochs takes an int in [1, 1000]"),
+    ("epochs", True, "parameter epochs=true is a bool; epochs takes an int in [1, 1000]"),
+    ("epochs", 2.5, "parameter epochs=2.5 is a float; epochs takes an int in [1, 1000]"),
+    ("seeds", [], "parameter seeds=[] is empty; seeds takes a non-empty list of ints in [0, 2147483647]"),
+    ("seeds", 3, "parameter seeds=3 is an int, not a list; seeds takes a non-empty list of ints in [0, 2147483647]"),
+    ("batch_size", 0, "parameter batch_size=0 is out of range; batch_size takes an int in [1, 65536]"),
     ("sparsities", [1.5], "parameter sparsities=[1.5] has item 1.5, which is not allowed; sparsities takes a "
                           "non-empty list of floats in [0, 1)"),
     ("sparsities", [0.5, 1.0], "has item 1.0, which is not allowed"),

@@ -151,15 +151,15 @@ info
 
 # %%
 def snip_model(sparsity):
-    path = run.path / "models" / f"snip-{sparsity}.pt"
     model, masks, _ = snip_at_init(sparsity)
-    if path.exists():
-        nmt.load_state_(model, torch.load(path, map_location=next(model.parameters()).device, weights_only=True))
-        return model, masks
-    nmt.train_(model, corpus, nmt.TrainConfig.from_params(vars(P), max_epochs=P.snip_epochs, max_steps=P.snip_max_steps), masks=masks,
-               progress=False)
-    with results.atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+
+    def trained():
+        nmt.train_(model, corpus, nmt.TrainConfig.from_params(vars(P), max_epochs=P.snip_epochs, max_steps=P.snip_max_steps),
+                   masks=masks, progress=False)
+        return model.state_dict()
+
+    state = run.tensors(f"models/snip-{sparsity}.pt", trained, map_location=next(model.parameters()).device)
+    nmt.load_state_(model, state)
     return model, masks
 
 

@@ -164,17 +164,15 @@ b_most = max(P.data_batch_sizes, key=lambda b: n_examples(max(P.data_fractions),
 
 def reference_masks(seed):
     """SNIP's mask at init from the most data (scoring only; saved in the run folder)."""
-    path = run.path / "masks" / f"reference-s{seed}.pt"
-    if path.exists():
-        return torch.load(path, map_location=train.pick_device(P.device), weights_only=True)
-    batches = obd_snip.saliency_batches(corpus, b_most, n_batches_for(max(P.data_fractions), b_most), seed=seed)
-    model = nmt.build_model(P, corpus, init=P.init, seed=seed)
-    classes = nmt.weight_classes(model)
-    masks, _ = prune_at_init_(model, P.sparsity, loss_fn=nmt.batch_loss, batches=batches,
-                              names=obd_snip.class_names(classes), classes=classes)
-    with results.atomic_path(path) as tmp:
-        torch.save(masks, tmp)
-    return masks
+    def scored():
+        batches = obd_snip.saliency_batches(corpus, b_most, n_batches_for(max(P.data_fractions), b_most), seed=seed)
+        model = nmt.build_model(P, corpus, init=P.init, seed=seed)
+        classes = nmt.weight_classes(model)
+        masks, _ = prune_at_init_(model, P.sparsity, loss_fn=nmt.batch_loss, batches=batches,
+                                  names=obd_snip.class_names(classes), classes=classes)
+        return masks
+
+    return run.tensors(f"masks/reference-s{seed}.pt", scored, map_location=train.pick_device(P.device))
 
 
 grid = [(b, f, s) for b in P.data_batch_sizes for f in P.data_fractions for s in P.data_seeds]

@@ -149,17 +149,14 @@ def build(seed):
 def masks_at_init(method, sparsity, seed, ratios_of=None):
     """The mask ``method`` prunes the seed's fresh model to (kept in the run folder: the controls and
     random_ratios reuse it) and its scoring time."""
-    path = run.path / "masks" / f"{method}-{ratios_of or ''}-{sparsity}-s{seed}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    batches = obd_snip.saliency_batches(corpus, P.saliency_batch_size, P.saliency_batches, seed=seed)
-    ratios = None if ratios_of is None else M.layer_ratios(masks_at_init(ratios_of, sparsity, seed)["masks"])
-    masks, info = at_init.prune_(build(seed), method, sparsity, classes, batches=batches, seed=seed, ratios=ratios,
-                                 **options)
-    saved = dict(masks={n: m.cpu() for n, m in masks.items()}, seconds=info["seconds"])
-    with results.atomic_path(path) as tmp:
-        torch.save(saved, tmp)
-    return saved
+    def scored():
+        batches = obd_snip.saliency_batches(corpus, P.saliency_batch_size, P.saliency_batches, seed=seed)
+        ratios = None if ratios_of is None else M.layer_ratios(masks_at_init(ratios_of, sparsity, seed)["masks"])
+        masks, info = at_init.prune_(build(seed), method, sparsity, classes, batches=batches, seed=seed, ratios=ratios,
+                                     **options)
+        return dict(masks={n: m.cpu() for n, m in masks.items()}, seconds=info["seconds"])
+
+    return run.tensors(f"masks/{method}-{ratios_of or ''}-{sparsity}-s{seed}.pt", scored)
 
 
 def pai_point(method, control, sparsity, seed, ratios_of=None):

@@ -78,16 +78,35 @@ def _importable_here() -> None:
     os.environ[zoo.CALLER_DIR_ENV] = os.path.abspath(os.getcwd())
 
 
+def _runnable(names: list[str], named: bool) -> tuple[list[str], list[str]]:
+    """``names`` less the notebooks whose profile file cannot be read, and one line for each of those.
+
+    A notebook asked for by name with a broken profile is an error; in the whole suite (or a
+    study) it is skipped, so one malformed file does not stop the others.
+    """
+    broken = runner.broken_profiles()
+    for name in names:
+        if named and name in broken:
+            raise ValueError(broken[name])
+    return [n for n in names if n not in broken], [f"skipped {n}: {why}" for n, why in broken.items()
+                                                   if not named or n in names]
+
+
 def cmd_run(args) -> int:
     from prunelab import executors
 
     profile = _profile(args.profile)
     _importable_here()
     names = runner.expand(args.notebooks) if args.notebooks else runner.notebooks()
+    names, skipped = _runnable(names, named=bool(args.notebooks) and not set(args.notebooks) & set(runner.studies()))
     shares = runner.split_overrides(names, _overrides(args.param))
     n = executors.check_shards(args.shards)
+    if args.recompute_stale and (n > 1 or args.executor == "slurm"):
+        raise ValueError("--recompute-stale runs each notebook in one local job: drop --shards and --executor slurm")
     slurm = _slurm_config(args) if args.executor == "slurm" else None
     print(f"profile {profile}", flush=True)
+    for line in skipped:
+        print(f"prunelab: error: {line}", file=sys.stderr, flush=True)
     for name in names:
         runner.resolve(name, profile, shares[name])  # bad parameters fail before anything runs
     if slurm:
@@ -101,7 +120,8 @@ def cmd_run(args) -> int:
         print(f"[{i}/{len(names)}] {name} (profile {profile}{f', {n} shards' if n > 1 else ''})", flush=True)
         try:
             run, executed = executors.run_local(name, profile, shares[name], n, force=args.force,
-                                                progress=not args.quiet, fresh=args.fresh)
+                                                progress=not args.quiet, fresh=args.fresh,
+                                                recompute_stale=args.recompute_stale)
         except runner.Interrupted as err:
             print(f"prunelab: {err}", file=sys.stderr)
             return 130
@@ -110,7 +130,7 @@ def cmd_run(args) -> int:
         if executed and profile in runner.PUBLISHED_PROFILES and changed:
             print(f"    not published to figures/{profile}/: its parameters are not the profile's "
                   f"({' '.join(changed)}); its claims say so", flush=True)
-    return 0
+    return 1 if skipped else 0
 
 
 def cmd_status(args) -> int:
@@ -126,6 +146,7 @@ def cmd_status(args) -> int:
 def cmd_list(args) -> int:
     profile = _profile(args.profile)
     groups = runner.studies()
+    broken = runner.broken_profiles()
     print("studies (run a whole one with `prunelab run NAME`; -p applies to every notebook that takes it):")
     for study, members in groups.items():
         print(f"  {study}: {', '.join(members)}")
@@ -134,13 +155,16 @@ def cmd_list(args) -> int:
         print(f"  {study} parameters shared by all {len(members)}: {', '.join(shared)}")
     print()
     for name in runner.notebooks():
+        if name in broken:
+            print(f"{name}  cannot be listed: {broken[name]}")
+            continue
         params = runner.resolve(name, profile)
         study = next((s for s, members in groups.items() if name in members), None)
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "profile")
         print(f"{name}  [{profile}]{f'  (study {study})' if study else ''}\n    {shown}")
     print("\nmodel=package.module:factory runs your own Python code: your module, imported from the folder "
           "`prunelab run` starts from (after installed packages)")
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_check(args) -> int:
@@ -162,14 +186,34 @@ def cmd_report(args) -> int:
     root = Path(args.runs) if args.runs else results.runs_root()
     if not root.is_dir():
         raise ValueError(f"nothing to report: no runs folder at {root} (run `prunelab run` first, or point --runs at one)")
-    out = Path(args.output) if args.output else root / "REPORT.md"
-    if not out.parent.is_dir():
-        raise ValueError(f"--output {out}: the folder {out.parent} does not exist")
-    text = publish.report(root, out.resolve().parent, args.profile, args.latest, args.include_overridden)
+    if args.output == "-":
+        print(publish.report(root, Path.cwd(), args.profile, args.latest, args.include_overridden))
+        return 0
+    out = _report_output(Path(args.output) if args.output else root / "REPORT.md")
+    text = publish.report(root, out.parent, args.profile, args.latest, args.include_overridden)
     results.write_text(out, text)
     print(text)
     print(f"\nwritten to {out}", file=sys.stderr)
     return 0
+
+
+def _report_output(given: Path) -> Path:
+    """Where ``--output`` writes: ``given``, or the file a symlink there points to (written through,
+    the link itself kept); only an absent path or a regular file, in a folder that exists.
+
+    Raises:
+        ValueError: a folder, device, FIFO or socket, or a missing folder (one line naming ``given``).
+    """
+    target = Path(os.path.realpath(given))
+    if not target.parent.is_dir():
+        raise ValueError(f"--output {given}: the folder {target.parent} does not exist")
+    if target.is_dir():
+        raise ValueError(f"--output {given} is a folder; give a file name, e.g. {given / 'REPORT.md'}")
+    if target.exists() and not target.is_file():
+        kind = results.kind_of(os.stat(target).st_mode)
+        raise ValueError(f"--output {given} is {kind}; the report is written to a regular file only "
+                         "(use --output - for standard output)")
+    return target
 
 
 def cmd_bench(args) -> int:
@@ -194,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", help=f"one of {', '.join(runner.PROFILES)} (default: $PRUNELAB_PROFILE, else default)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     run.add_argument("--force", action="store_true", help="rerun even if the run folder is complete")
-    run.add_argument("--fresh", action="store_true", help="rerun and recompute the cached grid points too")
+    run.add_argument("--fresh", action="store_true", help="rerun and recompute everything the run folder holds "
+                     "(cached grid points, kept models and masks)")
+    run.add_argument("--recompute-stale", action="store_true", help="rerun, recomputing only the cached grid points "
+                     "that other code computed (`prunelab report --check` lists them)")
     run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     run.add_argument("--executor", choices=("local", "slurm"), default="local",
                      help="local (this machine, the default) or slurm (submitit job arrays)")
@@ -222,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="collect every claim and figure into one Markdown page")
     rep.add_argument("--runs", help="runs folder (default: $PRUNELAB_RUNS or ./runs)")
-    rep.add_argument("--output", help="where to write the page (default: <runs>/REPORT.md)")
+    rep.add_argument("--output", help="where to write the page, a regular file or - for standard output "
+                     "(default: <runs>/REPORT.md)")
     rep.add_argument("--profile", help="only the runs of this profile")
     rep.add_argument("--latest", action="store_true", help="only the last finished run of each notebook "
                      "(runs with -p overrides left out)")
@@ -243,8 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _absolute_runs() -> None:
+    """A relative ``$PRUNELAB_RUNS`` means the caller's folder: made absolute once, here, so the
+    notebooks' kernels (which run in ``notebooks/``) and every job see the same runs folder."""
+    runs = os.environ.get("PRUNELAB_RUNS")
+    if runs and not os.path.isabs(os.path.expanduser(runs)):
+        os.environ["PRUNELAB_RUNS"] = os.path.abspath(os.path.expanduser(runs))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _absolute_runs()
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError, RuntimeError) as err:

@@ -329,17 +329,43 @@ def job_states(root: Path | None = None) -> list[dict]:
     (recorded by the job itself), or ENDED (gone from the queue without a record: killed, timed
     out or out of memory; see its log)."""
     root = root or results.runs_root()
-    path = root / "slurm" / "jobs.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = _job_records(root / "slurm" / "jobs.jsonl")
     queued = _queue_states([r["job_id"] for r in records])
     for r in records:
         done = root / "slurm" / "status" / f"{r['job_id']}.json"
         if r["job_id"] in queued:
             r["state"] = queued[r["job_id"]]
-        elif done.exists():
-            r.update(json.loads(done.read_text()))
         else:
-            r["state"] = "ENDED"
+            recorded = results.read_json(done, default=None) if done.exists() else None
+            r.update(recorded if isinstance(recorded, dict) else {"state": "ENDED"})
+    return records
+
+
+_RECORD_KEYS = ("notebook", "hash", "kind", "job_id")
+
+
+def _job_records(path: Path) -> list[dict]:
+    """The job records of ``jobs.jsonl``; a line that is not a whole record is named on stderr and skipped."""
+    if not path.exists():
+        return []
+    try:
+        results.check_replaceable(path)
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError, results.UnsafePathError) as err:
+        results.warn(f"prunelab: skipping {path}: it cannot be read ({type(err).__name__}: {err})")
+        return []
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not all(k in record for k in _RECORD_KEYS):
+                raise ValueError(f"a job record holds {', '.join(_RECORD_KEYS)}")
+        except ValueError as err:
+            results.warn(f"prunelab: skipping {path} line {i}: not a job record ({' '.join(str(err).split())[:120]})")
+            continue
+        records.append({**record, "job_id": str(record["job_id"])})
     return records
 
 
@@ -350,11 +376,16 @@ def status(root: Path | None = None, profile: str | None = None) -> str:
     lines = []
     for params_file in sorted(root.glob("*/*/params.json")):
         path = params_file.parent
-        run_profile = json.loads(params_file.read_text()).get("profile", "")
+        recorded = results.read_json(params_file, default=None)
+        if not isinstance(recorded, dict):
+            continue  # named on stderr by read_json (or not a parameters record): the others are still listed
+        run_profile = str(recorded.get("profile", ""))
         if profile and run_profile != profile:
             continue
         done, seen = len(list(path.glob("cache/*.json"))), len(list(path.glob("points/*.json")))
-        state = "complete" if (path / "complete.json").exists() else "not complete"
+        run = results.Run(path, path.parent.name, {})
+        why = run.untrusted() if run.complete else ""
+        state = ("complete" if not why else f"not trusted ({why})") if run.complete else "not complete"
         lines.append(f"{path.parent.name} [{run_profile}] {path.name}: {done}/{seen} grid points, {state}")
         for j in [j for j in jobs if j["hash"] == path.name and j["notebook"] == path.parent.name]:
             what = f"shard {j['index']} round {j['round']}" if j["kind"] == "shard" else "gather"

@@ -11,11 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import nbformat
 import pandas as pd
 import pytest
 import torch
 
+from notebook_helpers import tiny_notebook
 from prunelab import cli, params, results, runner
 
 
@@ -224,20 +224,9 @@ def test_unwritable_runs_folder_is_one_line(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and str(blocker) in err[0] and "PRUNELAB_RUNS" in err[0]
 
 
-def _tiny_notebook(nbdir, name, body):
-    (nbdir / "profiles").mkdir(parents=True, exist_ok=True)
-    (nbdir / "profiles" / f"{name}.toml").write_text('[common]\nx = 1\n[types]\nx = "int"\n')
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    start = f"from pathlib import Path\nfrom prunelab import results\nrun = results.Run(Path(run_dir), {name!r}, {{}})"
-    nb.cells = [nbformat.v4.new_code_cell("profile = ''\nx = None\nrun_dir = ''", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(start), nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, nbdir / f"{name}.ipynb")
-
-
 def test_second_run_of_the_same_folder_is_refused(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "notebooks_dir", lambda: tmp_path / "notebooks")
-    _tiny_notebook(tmp_path / "notebooks", "01_lock", "run.finish()")
+    tiny_notebook(tmp_path / "notebooks", "01_lock", "run.finish()")
     path = runs / "01_lock" / results.params_hash("01_lock", runner.resolve("01_lock", "smoke"))
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\nfrom prunelab import results\nfrom pathlib import Path\n"
@@ -257,7 +246,7 @@ def test_second_run_of_the_same_folder_is_refused(runs, tmp_path, monkeypatch):
 
 def test_killed_kernel_names_notebook_and_kept_file(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "notebooks_dir", lambda: tmp_path / "notebooks")
-    _tiny_notebook(tmp_path / "notebooks", "01_killed",
+    tiny_notebook(tmp_path / "notebooks", "01_killed",
                    "import json, os, signal\nrun.memo('p', {'i': 0}, lambda: 1)\nos.kill(os.getpid(), signal.SIGKILL)")
     with pytest.raises(RuntimeError) as err:
         runner.run_notebook("01_killed", "smoke", progress=False)
@@ -271,7 +260,7 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(runs, tmp_path, monkeypatch,
     monkeypatch.setattr(runner, "notebooks", lambda: ["01_slow"])
     # the kernel sends SIGINT to this process (by pid: its parent may be a launcher), as a terminal's
     # Ctrl-C would; Python's own SIGINT handler is in place whatever an earlier test left installed
-    _tiny_notebook(tmp_path / "notebooks", "01_slow",
+    tiny_notebook(tmp_path / "notebooks", "01_slow",
                    "import os, signal, time\nfor i in range(2):\n    run.memo('p', {'i': i}, lambda: i)\n"
                    f"os.kill({os.getpid()}, signal.SIGINT)\ntime.sleep(20)\nrun.finish()")
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -14,18 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
+from notebook_helpers import tiny_notebook
 from prunelab import cli, publish, results, runner
-
-
-def _tiny_notebook(nbdir, name, body, profile='[common]\nx = 1\n[types]\nx = "int in [0, 9]"\n'):
-    (nbdir / "profiles").mkdir(parents=True, exist_ok=True)
-    (nbdir / "profiles" / f"{name}.toml").write_text(profile)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    start = f"from pathlib import Path\nfrom prunelab import results\nrun = results.Run(Path(run_dir), {name!r}, {{}})"
-    nb.cells = [nbformat.v4.new_code_cell("profile = ''\nx = None\nrun_dir = ''", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(start), nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, nbdir / f"{name}.ipynb")
 
 
 @pytest.fixture
@@ -87,7 +77,7 @@ def test_a_symlinked_subfolder_is_refused_and_clearing_never_follows_links(runs,
 
 
 def test_lock_files_never_follow_a_symlink_nor_truncate(runs, tmp_path, nbdir, capsys):
-    _tiny_notebook(nbdir, "01_lock", "run.finish()")
+    tiny_notebook(nbdir, "01_lock", "run.finish()")
     run, executed = runner.run_notebook("01_lock", "smoke", progress=False)
     assert executed
     precious = tmp_path / "precious"
@@ -174,7 +164,7 @@ def test_a_hand_written_complete_run_is_reported_not_trusted(runs, capsys):
 
 
 def test_a_run_whose_files_changed_is_run_again_not_skipped(runs, nbdir, capsys):
-    _tiny_notebook(nbdir, "01_seal", "run.finish()")
+    tiny_notebook(nbdir, "01_seal", "run.finish()")
     run, executed = runner.run_notebook("01_seal", "smoke", progress=False)
     assert executed and "01_seal.ipynb" in json.loads((run.path / "complete.json").read_text())["files"]
     assert runner.run_notebook("01_seal", "smoke", progress=False)[1] is False  # sealed and unchanged: skipped
@@ -229,7 +219,7 @@ def test_a_relative_runs_folder_means_the_callers_folder(tmp_path, nbdir, monkey
     caller.mkdir()
     monkeypatch.chdir(caller)
     monkeypatch.setenv("PRUNELAB_RUNS", "relruns")
-    _tiny_notebook(nbdir, "01_where", f"assert str(results.runs_root()) == {str(caller / 'relruns')!r}\nrun.finish()")
+    tiny_notebook(nbdir, "01_where", f"assert str(results.runs_root()) == {str(caller / 'relruns')!r}\nrun.finish()")
     assert cli.main(["run", "01_where", "--profile", "smoke", "--quiet"]) == 0, capsys.readouterr().err
     assert list((caller / "relruns" / "01_where").glob("*/complete.json"))
     assert not (nbdir / "relruns").exists()
@@ -249,7 +239,7 @@ def test_a_relative_path_parameter_means_the_callers_folder(runs, tmp_path, monk
 # 4. Corrupt files inside a run folder
 
 def test_a_corrupt_memo_entry_is_named_and_recomputed(runs, nbdir):
-    _tiny_notebook(nbdir, "01_memo", "assert run.memo('p', {'i': 0}, lambda: 41 + 1) == 42\nrun.finish()")
+    tiny_notebook(nbdir, "01_memo", "assert run.memo('p', {'i': 0}, lambda: 41 + 1) == 42\nrun.finish()")
     run, _ = runner.run_notebook("01_memo", "smoke", progress=False)
     [entry] = (run.path / "cache").glob("*.json")
     entry.write_text('{"trunc')
@@ -290,7 +280,7 @@ def _fake_papermill(monkeypatch, error):
 def test_a_full_disk_leaves_no_cut_short_notebook(runs, nbdir, monkeypatch):
     import papermill
 
-    _tiny_notebook(nbdir, "01_full", "run.finish()")
+    tiny_notebook(nbdir, "01_full", "run.finish()")
     path = _run_folder("01_full")
     _fake_papermill(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(RuntimeError, match=r"01_full: the executed notebook could not be written \(.*"
@@ -303,7 +293,7 @@ def test_a_full_disk_leaves_no_cut_short_notebook(runs, nbdir, monkeypatch):
 
 
 def test_a_failed_cell_quotes_the_failing_line(runs, nbdir):
-    _tiny_notebook(nbdir, "01_fail", "a = 1\nb = 2\nc = a / 0\nd = 4")
+    tiny_notebook(nbdir, "01_fail", "a = 1\nb = 2\nc = a / 0\nd = 4")
     with pytest.raises(RuntimeError, match=r"01_fail failed in cell 3 \(execution count 4, line 3: 'c = a / 0'\) "
                                            r"with ZeroDivisionError"):
         runner.run_notebook("01_fail", "smoke", progress=False)
@@ -311,8 +301,8 @@ def test_a_failed_cell_quotes_the_failing_line(runs, nbdir):
 
 
 def test_a_malformed_profile_names_its_file_and_the_others_still_run(runs, nbdir, capsys):
-    _tiny_notebook(nbdir, "01_good", "run.finish()")
-    _tiny_notebook(nbdir, "02_bad", "run.finish()", profile="[common]\nx = = 1\n")
+    tiny_notebook(nbdir, "01_good", "run.finish()")
+    tiny_notebook(nbdir, "02_bad", "run.finish()", profile="[common]\nx = = 1\n")
     bad = nbdir / "profiles" / "02_bad.toml"
     assert cli.main(["list", "--profile", "smoke"]) == 1
     out = capsys.readouterr().out

@@ -79,7 +79,7 @@ def run_shard(notebook: str, profile: str, overrides: dict[str, Any], index: int
     params = runner.resolve(notebook, profile, overrides)
     path = results.runs_root() / notebook / results.params_hash(notebook, params)
     me = (index, n)
-    shards.status_path(path, me).parent.mkdir(parents=True, exist_ok=True)
+    results.check_run_folder(shards.status_path(path, me).parent)  # <run>/shards/, a real folder of the run's
 
     def stop_ok(err) -> bool:
         status = shards.read_status(path, me)
@@ -192,13 +192,13 @@ def run_local(notebook: str, profile: str, overrides: dict[str, Any], n: int, fo
 
 def _shared_marker(root: Path) -> Path:
     """A file the submitter writes and every job must see: proof the runs folder is shared."""
-    marker = root / ".prunelab-shared" / uuid.uuid4().hex
+    marker = results.real_dir(root / ".prunelab-shared", root) / uuid.uuid4().hex
     results.write_text(marker, f"written by {socket.gethostname()} pid {os.getpid()}\n")
     return marker
 
 
 def _job_status(root: Path, job_id: str, state: str, detail: str = "") -> None:
-    results.write_json(root / "slurm" / "status" / f"{job_id}.json", {"state": state, "detail": detail,
+    results.write_json(results.real_dir(root / "slurm" / "status", root) / f"{job_id}.json", {"state": state, "detail": detail,
                                                                       "host": socket.gethostname()})
 
 
@@ -253,6 +253,7 @@ def submit_slurm(names: list[str], profile: str, shares: dict[str, dict[str, Any
 
     root = results.runs_root()
     root.mkdir(parents=True, exist_ok=True)
+    results.real_dir(root / "slurm" / "logs", root)  # job logs, records and locks: never through a planted link
     marker = str(_shared_marker(root))
     executor = submitit.AutoExecutor(folder=root / "slurm" / "logs" / "%j", cluster="slurm")
     base = dict(timeout_min=cfg.time_min, cpus_per_task=cfg.cpus_per_job, slurm_partition=cfg.partition,

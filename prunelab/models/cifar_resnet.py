@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import Tensor, nn
 
 from prunelab.models.zoo import IMAGENET_STATS
@@ -71,7 +72,7 @@ class ChannelPadShortcut(nn.Module):
         src = torch.arange(in_channels)
         self.register_buffer("src", src, persistent=False)
         self.register_buffer("dst", src + (out_channels - in_channels) // 2, persistent=False)
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,7 +83,52 @@ class ChannelPadShortcut(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"{self.src.numel()} -> {self.out_channels}, stride={self.stride}"
+        return f"{self.in_channels} -> {self.out_channels} ({self.src.numel()} placed), stride={self.stride}"
+
+    def drop_channels_(self, idxs: list[int], side: str) -> None:
+        """Remove input (``side="in"``) or output (``"out"``) channels ``idxs`` and renumber the rest.
+
+        A placed channel whose source or destination is removed is dropped from the placement; an
+        output channel whose source was removed stays, all zeros, as it is in the masked network.
+        """
+        count = self.in_channels if side == "in" else self.out_channels
+        gone = set(int(i) for i in idxs)
+        new = torch.full((count,), -1, dtype=torch.long)
+        kept = [i for i in range(count) if i not in gone]
+        new[kept] = torch.arange(len(kept))
+        index = (self.src if side == "in" else self.dst).cpu()
+        keep = new[index] >= 0
+        src, dst = self.src[keep.to(self.src.device)], self.dst[keep.to(self.dst.device)]
+        if side == "in":
+            src, self.in_channels = new[index[keep]].to(src.device), len(kept)
+        else:
+            dst, self.out_channels = new[index[keep]].to(dst.device), len(kept)
+        self.src, self.dst = src, dst
+
+
+class ChannelPadPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of a `ChannelPadShortcut`: a layer whose input channels belong to the
+    stage before it and whose output channels to the stage after it (no intra-layer dependency:
+    channel ``k`` in is channel ``k + p`` out only until either side is pruned).
+
+    Build the graph with ``customized_pruners={ChannelPadShortcut: ChannelPadPruner()}``.
+    """
+
+    TARGET_MODULES = ChannelPadShortcut
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        layer.drop_channels_(list(idxs), "out")
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        layer.drop_channels_(list(idxs), "in")
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.in_channels
 
 
 class BasicBlock(nn.Module):

@@ -189,7 +189,11 @@ def cmd_report(args) -> int:
     if args.output == "-":
         print(publish.report(root, Path.cwd(), args.profile, args.latest, args.include_overridden))
         return 0
-    out = _report_output(Path(args.output) if args.output else root / "REPORT.md")
+    if args.output:
+        out = _report_output(Path(args.output))
+    else:  # inside a runs folder others may write: never through a link someone planted there
+        out = root / "REPORT.md"
+        results.check_replaceable(out)
     text = publish.report(root, out.parent, args.profile, args.latest, args.include_overridden)
     results.write_text(out, text)
     print(text)

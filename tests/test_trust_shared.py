@@ -124,6 +124,12 @@ def test_report_output_is_a_regular_file_or_stdout(tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert cli.main(["report", "--runs", str(runs), "--output", "-"]) == 0
     assert capsys.readouterr().out.startswith("# prunelab report") and not (tmp_path / "-").exists()
+    # without --output the page goes into the runs folder, where a link is someone else's: refused
+    target.write_text("old\n")
+    (runs / "REPORT.md").symlink_to(target)
+    assert cli.main(["report", "--runs", str(runs)]) == 1
+    assert "REPORT.md is a symlink, not a regular file" in capsys.readouterr().err
+    assert target.read_text() == "old\n" and (runs / "REPORT.md").is_symlink()
 
 
 # 2. What gets trusted and shown

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from prunelab.data import cifar10
 from prunelab.models import cifar_resnet as cr
 
 SHARED = Path(os.environ.get(cr.ENV) or Path(__file__).resolve().parents[2] / "shared/data/cifar10")
 needs_shared = pytest.mark.skipif(not (SHARED / "SHA256SUMS").is_file(),
                                   reason=f"shared CIFAR-10 weights not found at {SHARED} (set ${cr.ENV})")
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASSES = cifar10.CLASSES  # alphabetical: CIFAR-10's label order
 
 
 @pytest.fixture(autouse=True)

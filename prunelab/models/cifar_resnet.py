@@ -19,7 +19,6 @@ With the weights at hand (a folder, or ``$PRUNELAB_CIFAR_RESNETS``)::
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from prunelab import results
 from prunelab.models.zoo import IMAGENET_STATS
 
 DEPTHS = {"cifar_resnet20": 20, "cifar_resnet32": 32, "cifar_resnet44": 44, "cifar_resnet56": 56}
@@ -212,8 +212,7 @@ def weights_path(name: str, folder: str | os.PathLike | None = None) -> Path:
 
 def check_digest(path: Path, expected: str) -> None:
     """Raises ValueError (one line: the file, both digests) unless ``path`` has SHA-256 ``expected``."""
-    with open(path, "rb") as f:
-        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    actual = results.sha256_file(path)
     if actual != expected:
         raise ValueError(f"{path} is corrupt or not the published file: SHA-256 {actual}, expected {expected}")
 
@@ -232,13 +231,11 @@ def load_pretrained_(model: nn.Module, name: str, folder: str | os.PathLike | No
     Raises:
         FileNotFoundError: the file is missing (see `weights_path`).
         ValueError: the name is unknown, the file is corrupt, or its keys or shapes do not fit ``model``.
+        results.CheckpointError: the file has the right digest but cannot be read as weights only.
     """
     path = weights_path(name, folder)
     check_digest(path, SHA256[name])
-    try:
-        saved = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
-    except Exception as err:  # noqa: BLE001  (any unpickling failure is "cannot read this file")
-        raise ValueError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    saved = results.load_checkpoint(path)["state_dict"]  # weights only, on the CPU (saved from CUDA)
     state = {k.removeprefix("module."): v for k, v in saved.items()}
     try:
         model.load_state_dict(state, strict=True)
